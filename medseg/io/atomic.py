@@ -1,0 +1,73 @@
+"""Atomic file writes: write to a temporary file beside the target, then `os.replace`.
+
+A reader (or a resumed batch) therefore sees either the old file, or the complete new one,
+never a half-written file, even if the process is killed mid-write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to `target`; move it onto `target` when the block succeeds.
+
+    Args:
+        target: final file path. Its parent folder is created if needed.
+        suffix: suffix of the temporary file (defaults to the target's full suffix, so that
+            libraries choosing a format by extension, e.g. nibabel's ``.nii.gz``, still work).
+
+    The temporary file is removed if the block raises.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(target.suffixes) or ".tmp"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `target` atomically and return the path."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 `text` to `target` atomically and return the path."""
+    return write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def write_json_atomic(target: str | os.PathLike[str], obj: Any, indent: int = 2) -> Path:
+    """Write `obj` as JSON to `target` atomically (inf/nan written as JSON-compatible strings)."""
+
+    def _default(o: Any) -> Any:
+        import numpy as np
+
+        if isinstance(o, np.integer):
+            return int(o)
+        if isinstance(o, np.floating):
+            return float(o)
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    return write_text_atomic(target, json.dumps(obj, indent=indent, default=_default) + "\n")

@@ -1,0 +1,69 @@
+"""The one in-memory volume type of medseg."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import GeometryError
+
+
+@dataclass
+class Volume:
+    """A 3-D image (or label map) with its geometry.
+
+    Attributes:
+        array: voxel data indexed ``[i, j, k]`` (optionally ``[i, j, k, c]``), the same index
+            order as NIfTI/nibabel. For DICOM input, ``i`` runs along the columns of a slice,
+            ``j`` along its rows, ``k`` along the slice normal.
+        affine: 4×4 matrix mapping a voxel index ``(i, j, k, 1)`` to **RAS** world coordinates
+            in mm (x grows to the patient's Right→Left is *negative*: R = -x_LPS, A = -y_LPS,
+            S = z). Conversions from DICOM/ITK LPS happen only in `medseg.io.orientation`.
+        meta: source metadata (e.g. ``modality``, ``series_instance_uid``, ``source_path``,
+            ``warnings``). Never holds patient names or IDs.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise GeometryError(f"affine must be 4×4, got shape {self.affine.shape}")
+        if self.array.ndim not in (3, 4):
+            raise GeometryError(f"volume array must be 3-D (or 4-D with channels last), got {self.array.ndim}-D")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Spatial shape ``(ni, nj, nk)``."""
+        return tuple(int(s) for s in self.array.shape[:3])  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel spacing in mm along i, j, k (column norms of the affine)."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def orientation(self) -> str:
+        """Three-letter RAS orientation code, e.g. ``'LPS'`` or ``'RAS'`` (nibabel convention)."""
+        import nibabel as nib
+
+        return "".join(nib.aff2axcodes(self.affine))
+
+    def world_coordinates(self, ijk: np.ndarray) -> np.ndarray:
+        """Map voxel indices (N×3) to RAS mm (N×3)."""
+        ijk = np.asarray(ijk, dtype=np.float64)
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def same_grid(self, other: Volume, atol_mm: float = 1e-3) -> bool:
+        """True when `other` has the same spatial shape and an affine equal within `atol_mm`."""
+        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol_mm))
+
+    def with_array(self, array: np.ndarray, **meta: Any) -> Volume:
+        """A new Volume on the same grid with another array (e.g. a label map), meta updated."""
+        if tuple(array.shape[:3]) != self.shape:
+            raise GeometryError(f"array shape {array.shape[:3]} does not match volume shape {self.shape}")
+        return Volume(array, self.affine.copy(), {**self.meta, **meta})
