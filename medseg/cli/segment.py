@@ -1,0 +1,95 @@
+"""`medseg segment INPUT OUTDIR --model CKPT`: batch segmentation (see `medseg.inference.batch`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("segment")
+    def segment_cmd(
+        input_path: Path = typer.Argument(..., help="DICOM folder tree, NIfTI/NRRD/MHA file, or a folder of them."),
+        out_dir: Path = typer.Argument(..., help="Output folder: one sub-folder per series + segment.json/csv."),
+        model: list[Path] = typer.Option(..., "--model", "-m", help="Checkpoint (.pt); repeat to ensemble several."),
+        device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+        overlap: float = typer.Option(None, min=0.0, max=0.95, help="Sliding-window overlap (default: checkpoint's)."),
+        sw_batch_size: int = typer.Option(None, min=1, help="Windows per forward pass (default: checkpoint's)."),
+        tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation (4× slower)."),
+        largest_component: bool = typer.Option(False, "--largest-component", help="Keep the largest component of each label."),
+        fill_holes: bool = typer.Option(False, "--fill-holes", help="Fill enclosed holes of each label."),
+        probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities (large)."),
+        spacing: tuple[float, float, float] = typer.Option(
+            None, help="Override the model's target spacing in mm (X Y Z); coarser needs less memory."
+        ),
+        modality: list[str] = typer.Option(None, help="Only DICOM series of this modality (repeatable) (default: the model's)."),
+        series_regex: str = typer.Option(None, help="Only series whose SeriesDescription matches (case-insensitive)."),
+        min_slices: int = typer.Option(1, min=1, help="Skip series with fewer slices."),
+        dicom_seg: bool = typer.Option(True, "--dicom-seg/--no-dicom-seg", help="Write DICOM SEG for DICOM input."),
+        qa: bool = typer.Option(True, "--qa/--no-qa", help="Write the QA PNG."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Redo series finished by a previous run."),
+        shard: str = typer.Option(None, help="i/N: process only shard i of N (1-based, stable by series UID)."),
+        amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+        threads: int = typer.Option(None, min=1, help="CPU threads for torch (default: torch's)."),
+        max_memory_gb: float = typer.Option(None, help="Refuse series estimated to need more memory (default: 90% of free)."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
+    ) -> None:
+        """Segment every series under INPUT: NIfTI + DICOM SEG + volumes CSV + QA PNG per series.
+
+        Resumable: re-running the same command skips finished series. Exit code 1 when any
+        series failed (the others are still written; see OUTDIR/segment.json).
+        """
+        from rich.console import Console
+        from rich.table import Table
+
+        from medseg.inference import BatchOptions, InferenceOptions, parse_shard, segment_batch
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        inf = InferenceOptions(
+            device=device,
+            overlap=overlap,
+            sw_batch_size=sw_batch_size,
+            amp=amp,
+            tta=tta,
+            largest_component=largest_component,
+            fill_holes=fill_holes,
+            probabilities=probabilities,
+            spacing_mm=tuple(spacing) if spacing else None,
+            max_memory_gb=max_memory_gb,
+        )
+        opts = BatchOptions(
+            inference=inf,
+            modalities=tuple(modality) if modality else None,
+            series_regex=series_regex,
+            min_slices=min_slices,
+            dicom_seg=dicom_seg,
+            qa_png=qa,
+            overwrite=overwrite,
+            shard=parse_shard(shard) if shard else None,
+            progress=progress,
+        )
+        result = segment_batch(input_path, out_dir, model, opts)
+
+        console = Console()
+        table = Table(title=f"medseg segment → {out_dir}", show_lines=False)
+        for col in ("series", "modality", "slices", "status", "s", "detail"):
+            table.add_column(col, overflow="fold")
+        colour = {"done": "green", "skipped": "yellow", "failed": "bold red", "pending": "dim"}
+        for r in result.records:
+            detail = r.reason or ("previous run" if r.previous_run else ", ".join(r.outputs.values()))
+            table.add_row(
+                r.stem, r.modality or "-", str(r.n_slices or "-"), f"[{colour.get(r.status, '')}]{r.status}[/]",
+                f"{r.seconds:.1f}" if r.seconds is not None else "-", detail,
+            )
+        console.print(table)
+        console.print(
+            f"{result.n_done} done, {result.n_skipped} skipped, {result.n_failed} failed"
+            + (f", {len(result.unreadable_files)} unreadable files" if result.unreadable_files else "")
+            + f" — manifest: {result.manifest_path}"
+        )
+        if not result.ok:
+            raise typer.Exit(code=1)

@@ -1,0 +1,615 @@
+"""Batch segmentation of a DICOM folder tree, an image file, or a folder of image files.
+
+What `segment_batch` guarantees:
+
+- **The model is loaded once** and shared by every series.
+- **Read-ahead**: the next series is read (DICOM decoding is slow) in a background thread
+  while the current one is segmented; at most two series are in memory.
+- **One failed series never stops the batch**: its error goes into the manifest and the loop
+  goes on. The result (and `medseg segment`'s exit code 1) says that something failed.
+- **Resumable**: every output is written atomically (temp file + rename) and a series is
+  *done* only when its completion marker ``<series>/done.json`` is written, last, after all its
+  outputs. A re-run skips series whose marker exists, whose outputs are all present and that
+  were made by the same checkpoints; ``overwrite=True`` redoes them. Temp files left by a
+  killed run are removed.
+- **Sharding** (``shard=(i, n)``, 1-based): a series belongs to shard
+  ``sha1(series UID or file path) mod n == i - 1``, stable across runs and machines, so n jobs
+  started with ``1/n … n/n`` on the same input cover every series exactly once. Each shard
+  writes its own manifest (``segment.shard-i-of-n.json``) so shards can share one OUTDIR.
+
+Layout of OUTDIR::
+
+    segment.json / segment.csv        manifest: every series, done / skipped / failed + reason
+    <series_stem>/labels.nii.gz       label map on the series' original grid
+    <series_stem>/seg.dcm             DICOM SEG referencing the source series (DICOM input)
+    <series_stem>/volumes.csv         per label: voxels, mL, mean/std intensity
+    <series_stem>/qa.png              3 axial + 1 coronal slice with the labels overlaid
+    <series_stem>/probabilities.nii.gz  optional, float32 (X, Y, Z, C)
+    <series_stem>/done.json           completion marker (written last)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import InputError, MedsegError
+from medseg.inference.model import LoadedModel, load_models
+from medseg.inference.predict import InferenceOptions, segment_volume
+from medseg.io.atomic import write_json_atomic, write_text_atomic
+from medseg.io.volume import Volume
+
+log = logging.getLogger(__name__)
+
+DONE_MARKER = "done.json"
+MANIFEST_FIELDS = [
+    "status", "stem", "kind", "modality", "series_description", "series_number", "n_slices",
+    "seconds", "previous_run", "reason", "key", "source",
+]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What to segment and which outputs to write (inference settings are in `inference`).
+
+    Attributes:
+        inference: how each series is segmented (`InferenceOptions`).
+        modalities: keep only DICOM series of these modalities (e.g. ``("CT",)``); default: those
+            the model was trained on (a CT model skips MR series, with the reason).
+        series_regex: keep only series whose SeriesDescription matches (``re.search``, case-insensitive).
+        min_slices: skip series with fewer slices (scouts, single key images).
+        dicom_seg: write a DICOM SEG for DICOM input.
+        qa_png: write the QA picture.
+        overwrite: redo series that a previous run finished.
+        shard: ``(i, n)``, 1 ≤ i ≤ n: process only this shard of the series.
+        read_ahead: read the next series in a background thread.
+        progress: show rich progress bars on stderr.
+    """
+
+    inference: InferenceOptions = field(default_factory=InferenceOptions)
+    modalities: tuple[str, ...] | None = None
+    series_regex: str | None = None
+    min_slices: int = 1
+    dicom_seg: bool = True
+    qa_png: bool = True
+    overwrite: bool = False
+    shard: tuple[int, int] | None = None
+    read_ahead: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SeriesRecord:
+    """One series of the batch and what happened to it (one manifest row)."""
+
+    key: str
+    stem: str
+    kind: str  # "dicom" | "file"
+    source: str
+    modality: str = ""
+    series_description: str = ""
+    series_number: int | None = None
+    n_slices: int | None = None
+    status: str = "pending"  # "done" | "skipped" | "failed" | "pending"
+    reason: str = ""
+    previous_run: bool = False
+    seconds: float | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    series: Any = field(default=None, repr=False, compare=False)  # DicomSeries, not serialised
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("series", None)
+        return d
+
+
+@dataclass
+class BatchResult:
+    """Outcome of `segment_batch`."""
+
+    out_dir: Path
+    manifest_path: Path
+    records: list[SeriesRecord]
+    unreadable_files: list[dict[str, str]] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.records)
+
+    @property
+    def n_done(self) -> int:
+        return self.count("done")
+
+    @property
+    def n_failed(self) -> int:
+        return self.count("failed")
+
+    @property
+    def n_skipped(self) -> int:
+        return self.count("skipped")
+
+    @property
+    def ok(self) -> bool:
+        """True when no series failed (skipped series are not failures)."""
+        return self.n_failed == 0
+
+
+# --------------------------------------------------------------------------------------------
+# discovery
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/4"`` → ``(2, 4)``; 1 ≤ i ≤ n.
+
+    Raises:
+        InputError: malformed text or i outside 1..n.
+    """
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not m:
+        raise InputError(f"--shard {text!r}: expected i/N, e.g. 1/4 (shards are numbered 1..N)")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or not 1 <= i <= n:
+        raise InputError(f"--shard {text!r}: i must be between 1 and N (got i={i}, N={n})")
+    return i, n
+
+
+def shard_of(key: str, n: int) -> int:
+    """1-based shard of a series key (UID or path) among `n`: stable across runs and machines."""
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16) % n + 1
+
+
+def _unique_stem(stem: str, used: set[str], key: str) -> str:
+    if stem not in used:
+        return stem
+    from medseg.io.naming import short_uid_hash
+
+    return f"{stem}_{short_uid_hash(key)}"
+
+
+def discover_series(
+    input_path: str | os.PathLike[str], progress: bool = False
+) -> tuple[list[SeriesRecord], list[dict[str, str]]]:
+    """Every series (DICOM) and image file under `input_path`, unfiltered.
+
+    Returns:
+        ``(records, unreadable_files)``: one pending record per series/file, and the files the
+        DICOM scan could not use (``{"path", "reason"}``), image files excluded.
+
+    Raises:
+        InputError: the input does not exist, or holds neither DICOM nor image files.
+    """
+    from medseg.io.naming import sanitize_filename, series_stem
+    from medseg.io.nifti import case_name, volume_suffix
+
+    root = Path(input_path)
+    if not root.exists():
+        raise InputError(f"{root}: input not found (expected a DICOM folder, an image file or a folder of them)")
+    records: list[SeriesRecord] = []
+    used: set[str] = set()
+    unreadable: list[dict[str, str]] = []
+
+    def add_file(p: Path, key: str) -> None:
+        stem = _unique_stem(sanitize_filename(case_name(p), fallback="image"), used, key)
+        used.add(stem)
+        records.append(SeriesRecord(key=key, stem=stem, kind="file", source=str(p)))
+
+    if root.is_file() and volume_suffix(root):
+        add_file(root, root.name)
+        return records, unreadable
+
+    scan_root = root if root.is_dir() else root.parent
+    if root.is_dir():
+        for p in sorted(q for q in root.rglob("*") if q.is_file() and volume_suffix(q)):
+            add_file(p, p.relative_to(root).as_posix())
+
+    from medseg.io.dicom import scan_dicom_folder
+
+    scan = scan_dicom_folder(scan_root, progress=progress)
+    series_list = list(scan.series)
+    if root.is_file():  # one DICOM file: the series it belongs to
+        series_list = [s for s in series_list if any(Path(f).resolve() == root.resolve() for f in s.files)]
+    for s in series_list:
+        stem = _unique_stem(series_stem(s.series_number, s.series_description, s.series_instance_uid), used, s.series_instance_uid)
+        used.add(stem)
+        shape = getattr(s, "shape", None)
+        n_slices = shape[2] if shape else (len(s.files) if s.files else None)
+        records.append(
+            SeriesRecord(
+                key=s.series_instance_uid,
+                stem=stem,
+                kind="dicom",
+                source=str(Path(s.files[0]).parent) if s.files else str(scan_root),
+                modality=str(s.modality or ""),
+                series_description=str(s.series_description or ""),
+                series_number=s.series_number,
+                n_slices=int(n_slices) if n_slices is not None else None,
+                series=s,
+            )
+        )
+    for sk in scan.skipped:
+        if volume_suffix(sk.path) is None:
+            unreadable.append({"path": str(sk.path), "reason": str(sk.reason)})
+    if not records:
+        raise InputError(
+            f"{root}: no DICOM image series and no NIfTI/NRRD/MHA files found"
+            + (f" ({len(unreadable)} unreadable files, e.g. {unreadable[0]['path']}: {unreadable[0]['reason']})" if unreadable else "")
+        )
+    return records, unreadable
+
+
+def select_series(records: list[SeriesRecord], options: BatchOptions, models: list[LoadedModel]) -> list[SeriesRecord]:
+    """Apply shard, image/modality/description/slice filters; filtered series become "skipped".
+
+    Returns the records of this shard (others are dropped; they belong to another job).
+    """
+    if options.shard is not None:
+        i, n = options.shard
+        records = [r for r in records if shard_of(r.key, n) == i]
+    model_mod = models[0].modality if models else None
+    wanted = tuple(m.upper() for m in options.modalities) if options.modalities else ((model_mod,) if model_mod else None)
+    pattern = re.compile(options.series_regex, re.IGNORECASE) if options.series_regex else None
+    for r in records:
+        if r.kind != "dicom":
+            continue
+        s = r.series
+        if s is not None and not getattr(s, "is_image", True):
+            r.status, r.reason = "skipped", f"not an image series (modality {r.modality or '?'})"
+        elif wanted and r.modality.upper() not in wanted:
+            why = "the model segments" if not options.modalities else "--modality asks for"
+            r.status, r.reason = "skipped", f"modality {r.modality or '?'}; {why} {'/'.join(wanted)}"
+        elif pattern and not pattern.search(r.series_description):
+            r.status, r.reason = "skipped", f"series description {r.series_description!r} does not match {options.series_regex!r}"
+        elif r.n_slices is not None and r.n_slices < options.min_slices:
+            r.status, r.reason = "skipped", f"{r.n_slices} slices < --min-slices {options.min_slices}"
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# per-series work
+
+
+def _load(record: SeriesRecord) -> Volume:
+    if record.kind == "dicom":
+        from medseg.io.dicom import read_dicom_series
+
+        return read_dicom_series(record.series)
+    from medseg.io.nifti import read_volume
+
+    return read_volume(record.source)
+
+
+def _clean_partial(series_dir: Path) -> None:
+    """Remove temp files a killed run left behind (atomic writes never leave a half target)."""
+    if series_dir.is_dir():
+        for p in series_dir.glob(".*.part*"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+def is_done(series_dir: Path, models: list[LoadedModel]) -> dict[str, Any] | None:
+    """The completion marker of a finished series made by the same checkpoints, else None."""
+    marker = series_dir / DONE_MARKER
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    fps = sorted(m.fingerprint for m in models)
+    if sorted(info.get("model_fingerprints", [])) != fps:
+        log.info("%s: finished by other checkpoints; segmenting again", series_dir.name)
+        return None
+    if not all((series_dir / name).is_file() for name in info.get("outputs", {}).values()):
+        return None
+    return info
+
+
+def segment_series(
+    volume: Volume,
+    record: SeriesRecord,
+    models: list[LoadedModel],
+    series_dir: Path,
+    options: BatchOptions,
+    progress: Any = None,
+) -> dict[str, str]:
+    """Segment one loaded series and write its outputs, completion marker last.
+
+    Returns:
+        output kind → file name inside `series_dir`.
+    """
+    from medseg.inference.outputs import label_statistics, write_qa_png, write_volumes_csv
+    from medseg.io.nifti import write_nifti
+
+    marker = series_dir / DONE_MARKER
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()  # from here on the series is not done until everything is rewritten
+    series_dir.mkdir(parents=True, exist_ok=True)
+    _clean_partial(series_dir)
+    if record.n_slices is None:
+        record.n_slices = int(volume.shape[2])
+    if not record.modality and volume.meta.get("modality"):
+        record.modality = str(volume.meta["modality"])
+
+    t0 = time.perf_counter()
+    seg = segment_volume(volume, models, options.inference, progress=progress)
+    timings = {"segment_s": round(time.perf_counter() - t0, 3)}
+    names = seg.meta["label_names"]
+    outputs: dict[str, str] = {}
+
+    t1 = time.perf_counter()
+    write_nifti(Volume(seg.array, seg.affine), series_dir / "labels.nii.gz")
+    outputs["labels"] = "labels.nii.gz"
+    if options.dicom_seg and record.kind == "dicom":
+        from medseg import __version__
+        from medseg.io.seg import write_dicom_seg
+
+        write_dicom_seg(seg.array, volume, names, series_dir / "seg.dcm", algorithm_name="medseg", algorithm_version=__version__)
+        outputs["dicom_seg"] = "seg.dcm"
+    stats = label_statistics(volume, seg.array, names)
+    write_volumes_csv(stats, series_dir / "volumes.csv")
+    outputs["volumes"] = "volumes.csv"
+    if options.qa_png:
+        title = f"{record.stem} — {', '.join(m.path.name for m in models)}"
+        write_qa_png(volume, seg.array, names, series_dir / "qa.png", title=title)
+        outputs["qa"] = "qa.png"
+    if "probabilities" in seg.meta:
+        write_nifti(Volume(seg.meta["probabilities"], seg.affine), series_dir / "probabilities.nii.gz")
+        outputs["probabilities"] = "probabilities.nii.gz"
+    timings["write_s"] = round(time.perf_counter() - t1, 3)
+
+    write_json_atomic(
+        marker,
+        {
+            "series": record.to_dict() | {"status": "done", "outputs": outputs},
+            "outputs": outputs,
+            "model_fingerprints": [m.fingerprint for m in models],
+            "models": [str(m.path) for m in models],
+            "labels": {str(k): v for k, v in names.items()},
+            "volumes": stats,
+            "timings": timings,
+            "finished": _now(),
+        },
+    )
+    return outputs
+
+
+# --------------------------------------------------------------------------------------------
+# manifest
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def manifest_name(shard: tuple[int, int] | None) -> str:
+    """``segment.json``, or ``segment.shard-i-of-n.json`` for a shard (shards may share OUTDIR)."""
+    return "segment.json" if shard is None else f"segment.shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def write_manifest(
+    out_dir: Path,
+    records: list[SeriesRecord],
+    header: dict[str, Any],
+    unreadable: list[dict[str, str]],
+    shard: tuple[int, int] | None,
+) -> Path:
+    """Write the JSON manifest and its CSV twin atomically; returns the JSON path."""
+    counts = {s: sum(r.status == s for r in records) for s in ("done", "skipped", "failed", "pending")}
+    path = out_dir / manifest_name(shard)
+    write_json_atomic(
+        path,
+        {**header, "updated": _now(), "counts": counts, "series": [r.to_dict() for r in records],
+         "unreadable_files": unreadable},
+    )
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in records:
+        w.writerow(r.to_dict())
+    write_text_atomic(path.with_suffix(".csv"), buf.getvalue())
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# progress
+
+
+class _Progress:
+    """Two rich bars (series; steps within the current series) or nothing."""
+
+    STAGES = {"preprocess": "preprocessing", "infer": "sliding window", "resample": "original grid", "postprocess": "post-processing"}
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled and total > 0
+        self._p = None
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self._p = Progress(
+                TextColumn("{task.description}", justify="left"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
+            self._series = self._p.add_task("series", total=total)
+            self._step = self._p.add_task("", total=1, visible=False)
+
+    def __enter__(self) -> _Progress:
+        if self._p:
+            self._p.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._p:
+            self._p.update(self._step, visible=False)
+            self._p.stop()
+
+    def start_series(self, name: str) -> None:
+        if self._p:
+            self._name = name
+            self._p.update(self._step, description=f"  {name}: reading", completed=0, total=1, visible=True)
+
+    def step(self, stage: str, done: int, total: int) -> None:
+        if self._p:
+            self._p.update(
+                self._step, description=f"  {self._name}: {self.STAGES.get(stage, stage)}", completed=done, total=max(total, 1)
+            )
+
+    def series_finished(self) -> None:
+        if self._p:
+            self._p.advance(self._series)
+
+
+# --------------------------------------------------------------------------------------------
+# the batch
+
+
+def segment_batch(
+    input_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    model_paths: list[str | os.PathLike[str]] | None = None,
+    options: BatchOptions | None = None,
+    models: list[LoadedModel] | None = None,
+) -> BatchResult:
+    """Segment every series under `input_path` into `out_dir` (see the module docstring).
+
+    Args:
+        input_path: a DICOM folder tree, a NIfTI/NRRD/MHA file, or a folder of such files
+            (both kinds may be mixed in one tree).
+        out_dir: output folder (created); one sub-folder per series + the manifest.
+        model_paths: checkpoint(s); several are ensembled (same labels required).
+        options: filters, outputs, resume/shard behaviour and `InferenceOptions`.
+        models: already loaded models (instead of `model_paths`, e.g. from the napari plugin).
+
+    Returns:
+        A `BatchResult`; ``result.ok`` is False when any series failed.
+
+    Raises:
+        CheckpointError: unusable checkpoints (wrong task, labels disagree...).
+        InputError: missing input, nothing to segment, bad filter.
+    """
+    options = options or BatchOptions()
+    out_dir = Path(out_dir)
+    if models is None:
+        models = load_models(list(model_paths or []), options.inference.device)
+    if options.series_regex:
+        try:
+            re.compile(options.series_regex)
+        except re.error as exc:
+            raise InputError(f"--series-regex {options.series_regex!r} is not a valid regular expression ({exc})") from exc
+    model_mod = models[0].modality
+    if options.modalities and model_mod and model_mod not in {m.upper() for m in options.modalities}:
+        raise InputError(
+            f"--modality {','.join(options.modalities)} asked for, but {models[0].path.name} was trained on "
+            f"{model_mod} images; use a model trained on that modality"
+        )
+
+    records, unreadable = discover_series(input_path, progress=options.progress)
+    records = select_series(records, options, models)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for p in out_dir.glob(".segment*.part*"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+    header = {
+        "input": str(Path(input_path).resolve()),
+        "out_dir": str(out_dir.resolve()),
+        "started": _now(),
+        "shard": list(options.shard) if options.shard else None,
+        "models": [{"path": str(m.path), "fingerprint": m.fingerprint, "modality": m.modality} for m in models],
+        "labels": {str(k): v for k, v in models[0].labels.items()},
+        "options": _options_dict(options),
+    }
+
+    # resume: series finished by a previous run with the same checkpoints
+    todo: list[SeriesRecord] = []
+    for r in records:
+        if r.status != "pending":
+            continue
+        info = None if options.overwrite else is_done(out_dir / r.stem, models)
+        if info is not None:
+            r.status, r.previous_run = "done", True
+            r.outputs = dict(info.get("outputs", {}))
+            r.seconds = info.get("series", {}).get("seconds")
+            r.n_slices = r.n_slices or info.get("series", {}).get("n_slices")
+        else:
+            todo.append(r)
+    if len(todo) < sum(r.status != "skipped" for r in records):
+        log.info("%d series already done (previous run); %d to segment", len(records) - len(todo), len(todo))
+    manifest = write_manifest(out_dir, records, header, unreadable, options.shard)
+
+    pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-read") if options.read_ahead else None
+
+    def submit(rec: SeriesRecord) -> cf.Future:
+        if pool is not None:
+            return pool.submit(_load, rec)
+        fut: cf.Future = cf.Future()
+        try:
+            fut.set_result(_load(rec))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future like the pool does
+            fut.set_exception(exc)
+        return fut
+
+    try:
+        with _Progress(options.progress, len(todo)) as bars:
+            pending = submit(todo[0]) if todo else None
+            for n, rec in enumerate(todo):
+                bars.start_series(rec.stem)
+                t0 = time.perf_counter()
+                future = pending
+                pending = submit(todo[n + 1]) if n + 1 < len(todo) and pool is not None else None
+                try:
+                    volume = future.result()
+                    future = None
+                    rec.outputs = segment_series(volume, rec, models, out_dir / rec.stem, options, progress=bars.step)
+                    rec.status, rec.reason = "done", ""
+                except MedsegError as exc:
+                    rec.status, rec.reason = "failed", str(exc)
+                    log.warning("%s: %s", rec.stem, exc)
+                except MemoryError:
+                    rec.status = "failed"
+                    rec.reason = "out of memory; use a coarser --spacing, no --probabilities, or fewer models"
+                    log.warning("%s: %s", rec.stem, rec.reason)
+                except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    rec.status, rec.reason = "failed", f"{type(exc).__name__}: {first}"[:500]
+                    log.warning("%s failed: %s", rec.stem, rec.reason)
+                    log.debug("%s", traceback.format_exc())
+                finally:
+                    volume = None  # noqa: F841 - free the array before the next series
+                rec.seconds = round(time.perf_counter() - t0, 3)
+                if pending is None and n + 1 < len(todo):
+                    pending = submit(todo[n + 1])
+                write_manifest(out_dir, records, header, unreadable, options.shard)
+                bars.series_finished()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        header["finished"] = _now()
+        write_manifest(out_dir, records, header, unreadable, options.shard)
+    return BatchResult(out_dir=out_dir, manifest_path=manifest, records=records, unreadable_files=unreadable)
+
+
+def _options_dict(options: BatchOptions) -> dict[str, Any]:
+    d = asdict(options)
+    d["inference"] = asdict(options.inference)
+    return json.loads(json.dumps(d, default=str))
+
+
+def iter_records(result: BatchResult, status: str | None = None) -> Iterator[SeriesRecord]:
+    """Records of a batch, optionally only those with `status`."""
+    return (r for r in result.records if status is None or r.status == status)

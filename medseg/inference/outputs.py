@@ -1,0 +1,160 @@
+"""Per-series outputs besides the label map: volume table (CSV) and a QA picture (PNG)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from medseg.io.atomic import atomic_path, write_text_atomic
+from medseg.io.volume import Volume
+
+#: Display window (HU) of CT QA pictures: abdominal soft tissue.
+CT_WINDOW_HU = (-160.0, 240.0)
+
+
+def label_statistics(image: Volume, labels: np.ndarray, label_names: dict[int, str]) -> list[dict]:
+    """Per-label voxel count, volume (mL) and mean/std image intensity.
+
+    Args:
+        image: the source image (its grid is the label map's; intensities in HU for CT).
+        labels: integer label map on `image`'s grid.
+        label_names: every label of the model (absent ones are reported with volume 0).
+
+    Returns:
+        One dict per label: ``label, name, voxels, volume_ml, mean_intensity, std_intensity``
+        (intensities are NaN for an absent label).
+    """
+    voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+    flat = labels.ravel().astype(np.int64, copy=False)
+    n = max(int(flat.max(initial=0)), max(label_names, default=0)) + 1
+    counts = np.bincount(flat, minlength=n)
+    values = np.asarray(image.array, dtype=np.float64).ravel()
+    sums = np.bincount(flat, weights=values, minlength=n)
+    sq = np.bincount(flat, weights=values * values, minlength=n)
+    rows = []
+    for value, name in sorted(label_names.items()):
+        c = int(counts[value])
+        mean = sums[value] / c if c else float("nan")
+        var = max(0.0, sq[value] / c - mean * mean) if c else float("nan")
+        rows.append(
+            {
+                "label": int(value),
+                "name": name,
+                "voxels": c,
+                "volume_ml": round(c * voxel_ml, 4),
+                "mean_intensity": round(float(mean), 3) if c else float("nan"),
+                "std_intensity": round(float(np.sqrt(var)), 3) if c else float("nan"),
+            }
+        )
+    return rows
+
+
+def write_volumes_csv(rows: list[dict], path: str | os.PathLike[str]) -> Path:
+    """Write `label_statistics` rows to a CSV file atomically."""
+    buf = io.StringIO()
+    fields = ["label", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity"]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k) for k in fields})
+    return write_text_atomic(path, buf.getvalue())
+
+
+def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder/flip the voxel axes so that i→Right, j→Anterior, k→Superior; also returns spacing."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    out = nib.orientations.apply_orientation(array, ornt)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    spacing = spacing[np.argsort(ornt[:, 0])]
+    return out, spacing
+
+
+def _display_window(image: np.ndarray, modality: str | None) -> tuple[float, float]:
+    if (modality or "").upper() == "CT":
+        return CT_WINDOW_HU
+    sub = image.ravel()[:: max(1, image.size // 2_000_000)]
+    lo, hi = np.percentile(sub, (1, 99))
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def write_qa_png(
+    image: Volume,
+    labels: np.ndarray,
+    label_names: dict[int, str],
+    path: str | os.PathLike[str],
+    title: str = "",
+    n_axial: int = 3,
+) -> Path:
+    """Write a QA picture: `n_axial` axial slices and one coronal slice with the labels overlaid.
+
+    Slices are shown in radiological convention (patient's right on the image's left, anterior
+    / superior up) whatever the voxel order of the series. Axial slices are spread over the
+    labelled extent (or the whole volume when nothing was found).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    img, spacing = _to_ras(np.asarray(image.array, dtype=np.float32), image.affine)
+    lab, _ = _to_ras(labels, image.affine)
+    vmin, vmax = _display_window(img, image.meta.get("modality"))
+
+    fg = np.nonzero(lab.any(axis=(0, 1)))[0]
+    zs = fg if fg.size else np.arange(lab.shape[2])
+    ks = sorted({int(zs[int(round(q * (len(zs) - 1)))]) for q in np.linspace(0.2, 0.8, n_axial)})
+    jy = np.nonzero(lab.any(axis=(0, 2)))[0]
+    j_cor = int(np.median(jy)) if jy.size else lab.shape[1] // 2
+
+    max_label = max(max(label_names, default=1), int(lab.max(initial=0)), 1)
+    base = [tuple(c) for c in _palette(max_label + 1)]
+    cmap = ListedColormap(base)
+
+    panels = [("axial", k) for k in ks] + [("coronal", j_cor)]
+    fig = Figure(figsize=(4.2 * len(panels), 4.8), dpi=100)
+    FigureCanvasAgg(fig)
+    for n, (kind, idx) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), n + 1)
+        if kind == "axial":
+            sl, ls = img[:, :, idx], lab[:, :, idx]
+            aspect = spacing[1] / spacing[0]
+            label = f"axial k={idx}"
+        else:
+            sl, ls = img[:, idx, :], lab[:, idx, :]
+            aspect = spacing[2] / spacing[0]
+            label = f"coronal j={idx}"
+        # rows = second axis (anterior / superior up), columns = R→L displayed left→right
+        sl, ls = np.flipud(np.fliplr(sl.T)), np.flipud(np.fliplr(ls.T))
+        ax.imshow(sl, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
+        ax.imshow(
+            np.ma.masked_equal(ls, 0), cmap=cmap, vmin=0, vmax=max_label, alpha=0.45,
+            aspect=aspect, interpolation="nearest",
+        )
+        ax.set_title(label, fontsize=9)
+        ax.set_axis_off()
+    present = [int(v) for v in np.unique(lab) if v != 0]
+    handles = [Patch(color=base[v], label=f"{v} {label_names.get(v, '?')}") for v in present[:20]]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.12 if handles else 0.02, wspace=0.03)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
+
+
+def _palette(n: int) -> np.ndarray:
+    """`n` distinct RGBA colours (index 0 unused = background)."""
+    from matplotlib import colormaps
+
+    tab = colormaps["tab20"].colors + colormaps["tab20b"].colors
+    cols = np.array([(*tab[(i - 1) % len(tab)], 1.0) for i in range(n)], dtype=float)
+    cols[0] = (0, 0, 0, 0)
+    return cols

@@ -1,0 +1,536 @@
+"""Segmenting one volume: preprocess → sliding window (+TTA, +ensemble) → original grid → post-process.
+
+The pipeline for one `Volume` and one or more `LoadedModel`:
+
+1. **Preprocess** with the checkpoint's own plan (``preprocessing_transforms(plan, label_key=None)``:
+   orientation RAS, resampling to the plan's spacing, intensity normalisation). The result is a
+   MONAI ``MetaTensor`` whose affine maps its voxels to the same RAS world as the input.
+2. **Sliding-window inference** (MONAI ``sliding_window_inference``, Gaussian blending), softmax
+   per window; optional flip test-time augmentation (identity + one flip per axis, averaged).
+3. **Ensemble**: softmax probabilities of several checkpoints are averaged on the first model's
+   preprocessed grid (a model with another plan is resampled onto it first).
+4. **Back to the original grid**: probabilities are resampled trilinearly, slab by slab, from the
+   preprocessed grid onto every voxel of the input grid through the two affines
+   (``inv(A_pre) @ A_orig``), then ``argmax``. This inverts orientation + spacing exactly,
+   whatever the chain did, and never holds full-resolution probabilities for all classes
+   unless probability maps were asked for.
+5. **Post-process**: largest connected component per label, hole filling (both optional).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.inference.model import LoadedModel
+from medseg.io.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: ``progress(stage, done, total)``; stages: "preprocess", "infer", "resample", "postprocess".
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to segment a volume. ``None`` means "the checkpoint's default".
+
+    Attributes:
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:N]"``; used when models
+            are loaded by `segment_batch` (a `LoadedModel` already sits on its device).
+        roi_size: sliding-window patch size in voxels (default: the checkpoint's).
+        overlap: fraction of overlap between windows, 0 ≤ overlap < 1 (default: the checkpoint's).
+        sw_batch_size: windows per forward pass (default: the checkpoint's).
+        amp: mixed precision (float16 autocast) on CUDA; ignored on CPU.
+        tta: flip test-time augmentation (4 forward passes per model: identity + a flip per axis).
+        largest_component: keep only the largest connected component of each label.
+        fill_holes: fill enclosed holes of each label.
+        probabilities: also return per-class probabilities on the original grid
+            (``result.meta["probabilities"]``, float32 ``(X, Y, Z, C)``).
+        spacing_mm: override the plan's target spacing (coarser = less memory and faster, at some
+            cost in accuracy; a model trained at another spacing sees different anatomy scale).
+        max_memory_gb: refuse series whose estimated peak memory exceeds this (default: 90 % of
+            the memory available when the series starts).
+        check_modality: refuse a volume whose ``meta["modality"]`` differs from the model's.
+    """
+
+    device: str = "auto"
+    roi_size: tuple[int, int, int] | None = None
+    overlap: float | None = None
+    sw_batch_size: int | None = None
+    amp: bool = True
+    tta: bool = False
+    largest_component: bool = False
+    fill_holes: bool = False
+    probabilities: bool = False
+    spacing_mm: tuple[float, float, float] | None = None
+    max_memory_gb: float | None = None
+    check_modality: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# geometry helpers
+
+
+def preprocessed_shape(volume: Volume, spacing_mm: Any) -> tuple[int, int, int]:
+    """Spatial shape of `volume` after resampling to `spacing_mm` (None = unchanged), axes in RAS order.
+
+    Used for memory estimates before any work is done.
+    """
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(volume.affine)
+    perm = [int(a) for a in ornt[:, 0]]
+    shape = np.empty(3, dtype=np.int64)
+    spacing = np.empty(3)
+    for src_axis, dst_axis in enumerate(perm):
+        shape[dst_axis] = volume.shape[src_axis]
+        spacing[dst_axis] = volume.spacing[src_axis]
+    if spacing_mm is None:
+        return tuple(int(s) for s in shape)  # type: ignore[return-value]
+    target = np.asarray(spacing_mm, dtype=np.float64)
+    new = np.maximum(1, np.round(shape * spacing / target)).astype(int)
+    return tuple(int(s) for s in new)  # type: ignore[return-value]
+
+
+def available_memory_bytes() -> int:
+    """Memory the OS can give this process now (``MemAvailable``; a cgroup limit if lower)."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 1 << 40
+    for cg in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = open(cg).read().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < (1 << 60):
+            avail = min(avail, int(raw))
+    return int(avail)
+
+
+def estimate_memory_bytes(volume: Volume, models: list[LoadedModel], options: InferenceOptions) -> int:
+    """Rough peak host memory (bytes) `segment_volume` needs for `volume`.
+
+    Counts the preprocessed image, MONAI's blended output + weight map, the ensemble/TTA
+    accumulator, one resampling slab, and the outputs on the original grid. Accurate to
+    about ±30 %; meant to refuse a 2000-slice whole-body CT at 0.5 mm before it swaps, not to
+    predict exactly.
+    """
+    n_orig = int(np.prod(volume.shape))
+    n_classes = len(models[0].channel_values)
+    peak = 0
+    for m in models:
+        spacing = options.spacing_mm if options.spacing_mm is not None else m.plan.get("spacing_mm")
+        n_pre = int(np.prod(preprocessed_shape(volume, spacing)))
+        # image (float32, ×2 during transforms) + blended output + count map + accumulator
+        peak = max(peak, n_pre * 4 * (2 + 2 * n_classes + 1))
+    orig = n_orig * (volume.array.dtype.itemsize + 4 + 2)  # source array, float copy, labels
+    if options.probabilities:
+        orig += n_orig * n_classes * 4
+    return int(peak + orig)
+
+
+# --------------------------------------------------------------------------------------------
+# core steps
+
+
+def preprocess_for_model(volume: Volume, plan: dict[str, Any]) -> tuple[Any, np.ndarray]:
+    """Apply a checkpoint's preprocessing plan to `volume`.
+
+    Returns:
+        ``(image, affine)``: a float32 tensor ``(1, 1, X, Y, Z)`` and its voxel→RAS affine.
+    """
+    import torch
+
+    from medseg.data.transforms import preprocessing_transforms, volume_to_metatensor
+
+    chain = preprocessing_transforms(plan, image_key="image", label_key=None)
+    out = chain({"image": volume_to_metatensor(volume)})["image"]
+    affine = np.asarray(out.affine.detach().cpu().numpy() if hasattr(out, "affine") else volume.affine, dtype=np.float64)
+    tensor = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
+    return tensor.float().unsqueeze(0).contiguous(), affine
+
+
+def count_windows(shape: tuple[int, ...], roi_size: tuple[int, ...], overlap: float, sw_batch_size: int) -> int:
+    """Number of forward passes MONAI's sliding window makes on `shape` (for progress bars)."""
+    try:
+        from monai.data.utils import dense_patch_slices
+        from monai.inferers.utils import _get_scan_interval
+
+        size = tuple(max(int(s), int(r)) for s, r in zip(shape, roi_size))
+        scan = _get_scan_interval(size, roi_size, len(size), (overlap,) * len(size))
+        n = len(dense_patch_slices(size, roi_size, scan))
+    except Exception:  # private MONAI helpers may move; progress then just counts
+        n = int(np.prod([max(1, math.ceil(s / (r * (1 - overlap)))) for s, r in zip(shape, roi_size)]))
+    return math.ceil(n / max(1, sw_batch_size))
+
+
+def _tta_flips(tta: bool) -> list[tuple[int, ...]]:
+    return [(), (2,), (3,), (4,)] if tta else [()]
+
+
+def predict_probabilities(
+    model: LoadedModel,
+    image: Any,
+    options: InferenceOptions,
+    on_window: Callable[[], None] | None = None,
+) -> Any:
+    """Softmax probabilities of `model` on a preprocessed image by sliding-window inference.
+
+    Args:
+        model: a loaded model.
+        image: float tensor ``(1, 1, X, Y, Z)`` on the CPU (from `preprocess_for_model`).
+        options: window size/overlap/batch, AMP and TTA settings.
+        on_window: called after every forward pass (progress).
+
+    Returns:
+        float32 CPU tensor ``(C, X, Y, Z)`` (C = background + labels), averaged over TTA flips.
+    """
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    dev = model.device
+    roi = tuple(int(r) for r in (options.roi_size or model.inference["roi_size"]))
+    overlap = float(options.overlap if options.overlap is not None else model.inference.get("overlap", 0.25))
+    sw_bs = int(options.sw_batch_size or model.inference.get("sw_batch_size", 1))
+    use_amp = bool(options.amp and dev.type == "cuda")
+    n_expected = len(model.channel_values)
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+            logits = model.network(x)
+        if isinstance(logits, (list, tuple)):  # deep supervision heads: the first is full-res
+            logits = logits[0]
+        if logits.shape[1] != n_expected:
+            raise InputError(
+                f"{model.path}: network outputs {logits.shape[1]} channels but the checkpoint names "
+                f"{n_expected - 1} labels + background"
+            )
+        if on_window is not None:
+            on_window()
+        return torch.softmax(logits.float(), dim=1)
+
+    # Keep the blended full-volume buffers on the host when the device is a GPU with less free
+    # memory than they need (MONAI then moves each window's output to the host).
+    out_device = dev
+    if dev.type == "cuda":
+        need = image.numel() * 4 * (n_expected + 2)
+        free, _ = torch.cuda.mem_get_info(dev)
+        out_device = dev if need < 0.7 * free else torch.device("cpu")
+
+    acc = None
+    flips = _tta_flips(options.tta)
+    with torch.no_grad():
+        for dims in flips:
+            x = image.flip(dims) if dims else image
+            probs = sliding_window_inference(
+                x.to(out_device),
+                roi_size=roi,
+                sw_batch_size=sw_bs,
+                predictor=predictor,
+                overlap=overlap,
+                mode="gaussian",
+                sw_device=dev,
+                device=out_device,
+            )
+            probs = probs.as_tensor() if hasattr(probs, "as_tensor") else probs
+            if dims:
+                probs = probs.flip(dims)
+            probs = probs[0].float().cpu()
+            acc = probs if acc is None else acc.add_(probs)
+    if len(flips) > 1:
+        acc /= len(flips)
+    return acc
+
+
+def _slab_grid(
+    src_affine: np.ndarray, src_shape: tuple[int, ...], dst_affine: np.ndarray, dst_shape: tuple[int, ...], k0: int, k1: int
+) -> tuple[Any, Any]:
+    """grid_sample grid mapping dst voxels [:, :, k0:k1] into src, and an "inside src" mask."""
+    import torch
+
+    m = np.linalg.inv(src_affine) @ dst_affine
+    mt = torch.as_tensor(m, dtype=torch.float64)
+    i = torch.arange(dst_shape[0], dtype=torch.float64)[:, None, None]
+    j = torch.arange(dst_shape[1], dtype=torch.float64)[None, :, None]
+    k = torch.arange(k0, k1, dtype=torch.float64)[None, None, :]
+    coords = []
+    inside = None
+    for axis in range(3):
+        c = mt[axis, 0] * i + mt[axis, 1] * j + mt[axis, 2] * k + mt[axis, 3]
+        c = c.expand(dst_shape[0], dst_shape[1], k1 - k0)
+        # a voxel within one source voxel of the grid's edge voxels still belongs to the image
+        ok = (c >= -1.0) & (c <= src_shape[axis])
+        inside = ok if inside is None else inside & ok
+        n = src_shape[axis]
+        coords.append((2.0 * c / (n - 1) - 1.0) if n > 1 else torch.zeros_like(c))
+    # grid_sample's last dim is (W, H, D) = (Z, Y, X) of a (N, C, X, Y, Z) input
+    grid = torch.stack([coords[2], coords[1], coords[0]], dim=-1).float().unsqueeze(0)
+    return grid, inside
+
+
+def resample_probabilities(
+    probs: Any, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: tuple[int, int, int]
+) -> Any:
+    """Resample class probabilities ``(C, X, Y, Z)`` from one grid onto another (trilinear).
+
+    Voxels of the destination outside the source grid get probability 1 for background.
+    Returns a float32 CPU tensor ``(C, *dst_shape)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if tuple(probs.shape[1:]) == tuple(dst_shape) and np.allclose(src_affine, dst_affine, atol=1e-4):
+        return probs
+    out = torch.empty((probs.shape[0], *dst_shape), dtype=torch.float32)
+    for k0, k1 in _slabs(dst_shape):
+        grid, inside = _slab_grid(src_affine, tuple(probs.shape[1:]), dst_affine, dst_shape, k0, k1)
+        part = F.grid_sample(probs.unsqueeze(0), grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+        part[:, ~inside] = 0.0
+        part[0][~inside] = 1.0
+        out[..., k0:k1] = part
+    return out
+
+
+def _slabs(shape: tuple[int, ...], voxels_per_slab: int = 4_000_000) -> list[tuple[int, int]]:
+    step = max(1, voxels_per_slab // max(1, shape[0] * shape[1]))
+    return [(k, min(k + step, shape[2])) for k in range(0, shape[2], step)]
+
+
+def labels_on_grid(
+    probs: Any,
+    src_affine: np.ndarray,
+    dst_affine: np.ndarray,
+    dst_shape: tuple[int, int, int],
+    channel_values: list[int],
+    keep_probabilities: bool = False,
+    on_slab: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Argmax label map on the destination grid, resampling probabilities slab by slab.
+
+    Args:
+        probs: ``(C, X', Y', Z')`` probabilities on the source (preprocessed) grid.
+        src_affine / dst_affine: voxel→RAS affines of the two grids.
+        dst_shape: shape of the destination (original) grid.
+        channel_values: label value of each channel (channel 0 = background = 0).
+        keep_probabilities: also return ``(X, Y, Z, C)`` float32 probabilities.
+        on_slab: progress callback ``(done, total)``.
+
+    Returns:
+        ``(labels, probabilities or None)``; labels are uint8 (uint16 above 255 labels).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    dtype = np.uint8 if max(channel_values) < 256 else np.uint16
+    lut = torch.as_tensor(channel_values, dtype=torch.int64)
+    labels = np.zeros(dst_shape, dtype=dtype)
+    prob_out = np.zeros((*dst_shape, probs.shape[0]), dtype=np.float32) if keep_probabilities else None
+    same = tuple(probs.shape[1:]) == tuple(dst_shape) and np.allclose(src_affine, dst_affine, atol=1e-4)
+    slabs = _slabs(dst_shape)
+    src = probs.unsqueeze(0)
+    with torch.no_grad():
+        for n, (k0, k1) in enumerate(slabs):
+            if same:
+                part = probs[..., k0:k1]
+                inside = None
+            else:
+                grid, inside = _slab_grid(src_affine, tuple(probs.shape[1:]), dst_affine, dst_shape, k0, k1)
+                part = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+            idx = part.argmax(dim=0)
+            if inside is not None:
+                idx[~inside] = 0
+            labels[..., k0:k1] = lut[idx].numpy().astype(dtype, copy=False)
+            if prob_out is not None:
+                p = part.clone()
+                if inside is not None:
+                    p[:, ~inside] = 0.0
+                    p[0][~inside] = 1.0
+                prob_out[:, :, k0:k1, :] = p.permute(1, 2, 3, 0).numpy()
+            if on_slab is not None:
+                on_slab(n + 1, len(slabs))
+    return labels, prob_out
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+
+
+def check_volume_for_models(volume: Volume, models: list[LoadedModel], options: InferenceOptions) -> None:
+    """Raise `InputError` when `volume` cannot be segmented by `models` (dimensions, modality, memory)."""
+    if volume.array.ndim != 3:
+        raise InputError(
+            f"{_name(volume)}: expected a 3-D image, found shape {volume.array.shape} "
+            "(multi-channel/4-D series: pick one channel or time point first)"
+        )
+    vol_mod = str(volume.meta.get("modality") or "").upper()
+    model_mod = models[0].modality
+    if options.check_modality and vol_mod and model_mod and _mod_family(vol_mod) != _mod_family(model_mod):
+        raise InputError(
+            f"{_name(volume)}: modality {vol_mod} but the model was trained on {model_mod} "
+            f"({models[0].path.name}); use a {vol_mod} model"
+        )
+    need = estimate_memory_bytes(volume, models, options)
+    limit = options.max_memory_gb * 2**30 if options.max_memory_gb else 0.9 * available_memory_bytes()
+    if need > limit:
+        spacing = models[0].plan.get("spacing_mm")
+        raise InputError(
+            f"{_name(volume)}: shape {volume.shape} needs about {need / 2**30:.1f} GiB to segment at "
+            f"spacing {spacing} mm, more than the {limit / 2**30:.1f} GiB available; use a coarser "
+            "--spacing (e.g. --spacing 3 3 3), fewer ensemble models, no --probabilities, or a "
+            "machine with more memory"
+        )
+
+
+def _mod_family(mod: str) -> str:
+    return {"MRI": "MR", "PT": "PET", "CTA": "CT"}.get(mod, mod)
+
+
+def _name(volume: Volume) -> str:
+    return str(
+        volume.meta.get("series_description")
+        or volume.meta.get("source_path")
+        or volume.meta.get("series_instance_uid")
+        or "volume"
+    )
+
+
+def segment_volume(
+    volume: Volume,
+    models: list[LoadedModel],
+    options: InferenceOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> Volume:
+    """Segment one volume with one model or an ensemble; the label map lies on `volume`'s grid.
+
+    Args:
+        volume: the image (3-D, any orientation/spacing), e.g. from `medseg.io.load_volume`.
+        models: from `load_models` (one, or several with the same labels to ensemble).
+        options: see `InferenceOptions` (defaults: checkpoint window settings, no TTA, no
+            post-processing).
+        progress: optional ``progress(stage, done, total)`` callback.
+
+    Returns:
+        A `Volume` with the same affine and shape as `volume`, integer labels (uint8, uint16 for
+        values above 255), ``meta["label_names"]`` (value → name), ``meta["models"]``
+        (checkpoint fingerprints) and, if asked, ``meta["probabilities"]`` (float32 ``(X, Y, Z, C)``).
+
+    Raises:
+        InputError: not 3-D, modality mismatch, or more memory needed than available.
+
+    Example:
+        >>> models = load_models(["run/checkpoints/best.pt"])          # doctest: +SKIP
+        >>> seg = segment_volume(load_volume("ct.nii.gz"), models)      # doctest: +SKIP
+    """
+    options = options or InferenceOptions()
+    if not models:
+        raise InputError("segment_volume needs at least one model")
+    check_volume_for_models(volume, models, options)
+    report = progress or (lambda stage, done, total: None)
+    channel_values = models[0].channel_values
+
+    # 1. preprocess once per distinct plan
+    prepared: dict[str, tuple[Any, np.ndarray]] = {}
+    plans = []
+    for m in models:
+        plan = dict(m.plan)
+        if options.spacing_mm is not None:
+            plan["spacing_mm"] = [float(s) for s in options.spacing_mm]
+        key = repr(sorted(plan.items()))
+        plans.append(key)
+        if key not in prepared:
+            report("preprocess", len(prepared), len(set(plans)))
+            prepared[key] = preprocess_for_model(volume, plan)
+    report("preprocess", 1, 1)
+
+    # 2-3. sliding window (+TTA) per model, averaged on the first model's grid
+    totals = []
+    for m, key in zip(models, plans):
+        img = prepared[key][0]
+        roi = tuple(int(r) for r in (options.roi_size or m.inference["roi_size"]))
+        overlap = float(options.overlap if options.overlap is not None else m.inference.get("overlap", 0.25))
+        sw_bs = int(options.sw_batch_size or m.inference.get("sw_batch_size", 1))
+        totals.append(count_windows(tuple(img.shape[2:]), roi, overlap, sw_bs) * len(_tta_flips(options.tta)))
+    total = sum(totals)
+    done = [0]
+
+    def on_window() -> None:
+        done[0] += 1
+        report("infer", min(done[0], total), total)
+
+    ref_key = plans[0]
+    ref_affine = prepared[ref_key][1]
+    ref_shape = tuple(prepared[ref_key][0].shape[2:])
+    acc = None
+    for m, key in zip(models, plans):
+        img, aff = prepared[key]
+        probs = predict_probabilities(m, img, options, on_window)
+        if key != ref_key:
+            probs = resample_probabilities(probs, aff, ref_affine, ref_shape)
+        acc = probs if acc is None else acc.add_(probs)
+    if len(models) > 1:
+        acc /= len(models)
+    report("infer", total, total)
+    del prepared
+
+    # 4. back onto the original grid
+    labels, probs_orig = labels_on_grid(
+        acc,
+        ref_affine,
+        volume.affine,
+        volume.shape,
+        channel_values,
+        keep_probabilities=options.probabilities,
+        on_slab=lambda d, t: report("resample", d, t),
+    )
+    del acc
+
+    # 5. post-process
+    if options.largest_component or options.fill_holes:
+        report("postprocess", 0, 1)
+        from medseg.inference.postprocess import fill_holes, keep_largest_component
+
+        if options.largest_component:
+            labels = keep_largest_component(labels)
+        if options.fill_holes:
+            labels = fill_holes(labels)
+        report("postprocess", 1, 1)
+
+    meta = {
+        "kind": "labels",
+        "label_names": dict(models[0].labels),
+        "models": [{"path": str(m.path), "fingerprint": m.fingerprint} for m in models],
+        "inference_options": {k: v for k, v in options.__dict__.items()},
+    }
+    result = Volume(labels, volume.affine.copy(), {**_source_meta(volume), **meta})
+    if probs_orig is not None:
+        result.meta["probabilities"] = probs_orig
+    return result
+
+
+def _source_meta(volume: Volume) -> dict[str, Any]:
+    keep = ("modality", "series_instance_uid", "series_description", "series_number", "source_path")
+    return {k: volume.meta[k] for k in keep if k in volume.meta}
+
+
+def with_defaults(options: InferenceOptions, **changes: Any) -> InferenceOptions:
+    """A copy of `options` with some fields changed (options are immutable)."""
+    return replace(options, **changes)
