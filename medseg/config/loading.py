@@ -1,0 +1,185 @@
+"""Read a workflow YAML, apply ``--set key=value`` overrides, validate, resolve paths.
+
+Errors are `ConfigError`s that name the key, list the valid keys at that level and suggest the
+closest one (``training.epoch`` → "did you mean 'epochs'?").
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from medseg.config.schema import CaseConfig, WorkflowConfig
+from medseg.errors import ConfigError
+
+SAMPLE_PREFIX = "sample:"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=1e-4"`` → ``(["optim", "lr"], 0.0001)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set training.epochs=5")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+    return parts, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Set each ``a.b.c=value`` in the nested dict `raw` (in place; returns it)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at `loc` (its last element)."""
+    model: Any = WorkflowConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        # unwrap list[X] / X | None to X
+        for arg in (*getattr(ann, "__args__", ()), ann):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+            for inner in getattr(arg, "__args__", ()):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    model = inner
+                    break
+        else:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid workflow configuration"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            valid = sorted(model.model_fields) if model else []
+            hint = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            msg = f"  - {where}: unknown key"
+            if hint:
+                msg += f" (did you mean '{hint[0]}'?)"
+            if valid:
+                msg += f"; valid keys here: {', '.join(valid)}"
+            lines.append(msg)
+        elif err["type"] == "missing":
+            lines.append(f"  - {where}: required key is missing")
+        else:
+            got = err.get("input")
+            shown = repr(got) if not isinstance(got, dict) else "{...}"
+            lines.append(f"  - {where}: {err['msg']} (got {shown[:80]})")
+    return "\n".join(lines)
+
+
+def validate_config(raw: dict[str, Any], source: str = "workflow") -> WorkflowConfig:
+    """Validate a raw nested dict into a `WorkflowConfig` (ConfigError on any problem)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a workflow must be a YAML mapping, found {type(raw).__name__}")
+    try:
+        return WorkflowConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def resolve_path(value: str, base_dir: Path) -> str:
+    """A config path made absolute: ``sample:NAME`` → the bundled file, relative → against `base_dir`."""
+    if value.startswith(SAMPLE_PREFIX):
+        from medseg import sample_data
+
+        name = value[len(SAMPLE_PREFIX) :]
+        try:
+            return str(sample_data.path(name))
+        except KeyError as exc:
+            raise ConfigError(f"{value!r}: {exc.args[0]}") from None
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def _resolve_paths(cfg: WorkflowConfig, base_dir: Path) -> WorkflowConfig:
+    data = cfg.data
+    if data.datalist:
+        data.datalist = resolve_path(data.datalist, base_dir)
+    if data.nnunet_dir:
+        data.nnunet_dir = resolve_path(data.nnunet_dir, base_dir)
+    for cases in (data.training, data.validation):
+        for i, case in enumerate(cases):
+            cases[i] = CaseConfig(
+                image=resolve_path(case.image, base_dir),
+                label=resolve_path(case.label, base_dir) if case.label else None,
+                name=case.name,
+            )
+    if cfg.model.pretrained:
+        cfg.model.pretrained = resolve_path(cfg.model.pretrained, base_dir)
+    return cfg
+
+
+def load_workflow(
+    source: str | os.PathLike[str] | dict[str, Any] | WorkflowConfig, overrides: list[str] | tuple[str, ...] = ()
+) -> WorkflowConfig:
+    """Load and validate a workflow, with overrides applied and every path made absolute.
+
+    Args:
+        source: a YAML file, a nested dict (paths relative to the current directory), or a
+            `WorkflowConfig`.
+        overrides: ``"a.b=value"`` strings (value parsed as YAML), applied before validation.
+
+    Raises:
+        ConfigError: missing/unparsable file, unknown key (with the valid keys and a
+            suggestion), wrong type or value.
+    """
+    if isinstance(source, WorkflowConfig):
+        raw: Any = source.model_dump(mode="json")
+        name, base_dir = "workflow", Path.cwd()
+    elif isinstance(source, dict):
+        import copy
+
+        raw = copy.deepcopy(source)
+        name, base_dir = "workflow", Path.cwd()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{path}: workflow file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        name, base_dir = str(path), path.resolve().parent
+    if raw is None:
+        raw = {}
+    if isinstance(raw, dict):
+        apply_overrides(raw, overrides)
+    cfg = validate_config(raw, name + (f" (with --set {' '.join(overrides)})" if overrides else ""))
+    return _resolve_paths(cfg, base_dir)
+
+
+def dump_config(cfg: WorkflowConfig) -> str:
+    """The resolved config as YAML (saved as ``<run>/config.yaml``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
