@@ -84,7 +84,8 @@ def load_model(path: str | os.PathLike[str], device: str | Any = "auto") -> Load
     """Load one segmentation checkpoint and rebuild its network for inference.
 
     Args:
-        path: a medseg checkpoint (``best.pt`` / ``last.pt`` written by training).
+        path: a medseg checkpoint (``best.pt`` / ``last.pt`` written by training), or a
+            ``.onnx`` / ``.ts`` file written by `medseg export` (with its sidecar JSON).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
 
     Raises:
@@ -97,6 +98,10 @@ def load_model(path: str | os.PathLike[str], device: str | Any = "auto") -> Load
     from medseg.models import build_model
 
     path = Path(path)
+    if path.suffix in (".onnx", ".ts"):  # exported by `medseg export`, with a sidecar JSON
+        from medseg.inference.export import load_exported
+
+        return load_exported(path, device)
     dev = device if isinstance(device, torch.device) else resolve_device(str(device))
     ckpt = load_checkpoint(path, map_location="cpu", expected_task="segmentation")
     if not ckpt.labels:

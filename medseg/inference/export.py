@@ -1,0 +1,244 @@
+"""Export a segmentation checkpoint to TorchScript or ONNX (optionally int8) and load it back.
+
+An exported file ``model.onnx`` / ``model.ts`` comes with a sidecar ``model.onnx.json`` holding
+what the checkpoint carried besides the weights (labels, preprocessing plan, sliding-window
+defaults), so `medseg segment --model model.onnx` works exactly like with the ``.pt``.
+
+int8: ONNX Runtime's *dynamic* quantization (weights int8 ahead of time, activations quantized
+per tensor at run time; ``Conv`` → ``ConvInteger``). No calibration data is needed. PyTorch's
+own dynamic quantization covers only ``Linear``/``LSTM`` layers, i.e. nothing of a 3-D conv
+net, so int8 is offered for ONNX only. Use `compare_with_float` (``medseg export --check``) to
+measure its speed and Dice change on real data before relying on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import CheckpointError, InputError
+from medseg.inference.model import LoadedModel, file_fingerprint, load_model
+from medseg.io.atomic import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("torchscript", "onnx")
+SUFFIX = {"torchscript": ".ts", "onnx": ".onnx"}
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """``model.onnx`` → ``model.onnx.json`` (labels, plan, inference defaults)."""
+    return Path(f"{path}.json")
+
+
+def export_model(
+    checkpoint: str | os.PathLike[str],
+    out_path: str | os.PathLike[str] | None = None,
+    fmt: str = "torchscript",
+    quantize: str | None = None,
+    roi_size: tuple[int, int, int] | None = None,
+    opset: int = 17,
+) -> Path:
+    """Export a segmentation checkpoint's network.
+
+    Args:
+        checkpoint: a medseg segmentation checkpoint (``.pt``).
+        out_path: target file (default: next to the checkpoint, ``.ts`` / ``.onnx``,
+            ``-int8.onnx`` when quantized).
+        fmt: ``"torchscript"`` (traced at the window size) or ``"onnx"`` (dynamic batch and
+            spatial axes).
+        quantize: None or ``"int8"`` (ONNX only, dynamic quantization for CPU inference).
+        roi_size: window size for tracing (default: the checkpoint's ``roi_size``).
+        opset: ONNX opset.
+
+    Returns:
+        The exported file; its sidecar ``<file>.json`` is written next to it.
+
+    Raises:
+        CheckpointError: not a segmentation checkpoint.
+        InputError: unknown format, int8 asked for TorchScript, or an export failure.
+    """
+    import torch
+
+    if fmt not in FORMATS:
+        raise InputError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if quantize not in (None, "int8"):
+        raise InputError(f"unknown quantization {quantize!r}; only 'int8' is supported")
+    if quantize and fmt != "onnx":
+        raise InputError(
+            "int8 quantization is available with --format onnx (ONNX Runtime dynamic quantization "
+            "turns 3-D convolutions into ConvInteger); PyTorch's dynamic quantization does not cover "
+            "Conv3d layers, so a quantized TorchScript file would be the float model"
+        )
+    model = load_model(checkpoint, "cpu")
+    roi = tuple(int(r) for r in (roi_size or model.inference["roi_size"]))
+    ckpt = Path(checkpoint)
+    if out_path is None:
+        out_path = ckpt.with_name(ckpt.stem + ("-int8" if quantize else "") + SUFFIX[fmt])
+    out_path = Path(out_path)
+    net = model.network.eval()
+    example = torch.zeros((1, 1, *roi), dtype=torch.float32)
+
+    with torch.no_grad():
+        if fmt == "torchscript":
+            try:
+                traced = torch.jit.trace(net, example, check_trace=False)
+                traced = torch.jit.freeze(traced)
+            except Exception as exc:
+                raise InputError(f"{ckpt}: TorchScript tracing failed ({type(exc).__name__}: {exc})") from exc
+            with atomic_path(out_path, suffix=".ts") as tmp:
+                torch.jit.save(traced, str(tmp))
+        else:
+            axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
+            with atomic_path(out_path if not quantize else out_path.with_name(out_path.name + ".float"), suffix=".onnx") as tmp:
+                try:
+                    torch.onnx.export(
+                        net, (example,), str(tmp), input_names=["image"], output_names=["logits"],
+                        dynamic_axes={"image": axes, "logits": axes}, opset_version=opset, dynamo=False,
+                    )
+                except Exception as exc:
+                    raise InputError(f"{ckpt}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
+                if quantize:
+                    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                    with atomic_path(out_path, suffix=".onnx") as qtmp:
+                        quantize_dynamic(str(tmp), str(qtmp), weight_type=QuantType.QInt8)
+            if quantize:
+                out_path.with_name(out_path.name + ".float").unlink(missing_ok=True)
+
+    write_json_atomic(
+        sidecar_path(out_path),
+        {
+            "format": fmt,
+            "quantize": quantize,
+            "task": "segmentation",
+            "labels": {str(k): v for k, v in model.labels.items()},
+            "preprocessing": model.plan,
+            "inference": {**model.inference, "roi_size": list(roi)},
+            "source_checkpoint": str(ckpt),
+            "source_fingerprint": model.fingerprint,
+            "metrics": model.metrics,
+        },
+    )
+    return out_path
+
+
+class OnnxNetwork:
+    """An ONNX Runtime session behind the ``network(x) -> logits`` call inference uses."""
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(out)
+
+    def eval(self) -> OnnxNetwork:
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> OnnxNetwork:
+        return self
+
+
+def load_exported(path: str | os.PathLike[str], device: Any = "cpu") -> LoadedModel:
+    """Load an exported ``.onnx`` / ``.ts`` file with its sidecar JSON as a `LoadedModel`.
+
+    ONNX models run on the CPU (ONNX Runtime); TorchScript on `device`.
+
+    Raises:
+        CheckpointError: file or sidecar missing/unreadable.
+    """
+    import torch
+
+    from medseg.inference.model import resolve_device
+
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: exported model not found")
+    try:
+        info = json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: its sidecar {side.name} (labels, preprocessing) is missing or unreadable; "
+            "re-export with medseg export"
+        ) from exc
+    if info.get("task") != "segmentation":
+        raise CheckpointError(f"{path}: exported {info.get('task')!r} model, a segmentation model is needed")
+    if path.suffix == ".onnx":
+        dev = torch.device("cpu")
+        network: Any = OnnxNetwork(path)
+    else:
+        dev = device if isinstance(device, torch.device) else resolve_device(str(device))
+        try:
+            network = torch.jit.load(str(path), map_location=dev).eval()
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot load as TorchScript ({type(exc).__name__}: {exc})") from exc
+    return LoadedModel(
+        path=path,
+        network=network,
+        labels={int(k): v for k, v in sorted(info["labels"].items(), key=lambda kv: int(kv[0]))},
+        plan=dict(info["preprocessing"]),
+        inference=dict(info["inference"]),
+        device=dev,
+        fingerprint=file_fingerprint(path),
+        metrics=dict(info.get("metrics") or {}),
+    )
+
+
+def compare_with_float(
+    checkpoint: str | os.PathLike[str],
+    exported: str | os.PathLike[str],
+    volume: Any,
+    repeats: int = 1,
+) -> dict[str, Any]:
+    """Segment `volume` with the float checkpoint and with an exported model; time both, compare.
+
+    Returns:
+        ``{"float_s", "exported_s", "speedup", "dice": {label name: Dice of exported vs float},
+        "mean_dice", "voxel_agreement"}``; times are the best of `repeats` whole `segment_volume` runs.
+    """
+    from medseg.inference.predict import InferenceOptions, segment_volume
+
+    ref = load_model(checkpoint, "cpu")
+    exp = load_exported(exported, "cpu")
+    opts = InferenceOptions(device="cpu")
+
+    def timed(m: LoadedModel) -> tuple[float, np.ndarray]:
+        best, out = float("inf"), None
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            out = segment_volume(volume, [m], opts).array
+            best = min(best, time.perf_counter() - t0)
+        return best, out  # type: ignore[return-value]
+
+    t_float, lab_float = timed(ref)
+    t_exp, lab_exp = timed(exp)
+    dice = {}
+    for value, name in ref.labels.items():
+        a, b = lab_float == value, lab_exp == value
+        denom = int(a.sum() + b.sum())
+        dice[name] = float(2 * np.logical_and(a, b).sum() / denom) if denom else float("nan")
+    vals = [d for d in dice.values() if d == d]
+    return {
+        "float_s": round(t_float, 3),
+        "exported_s": round(t_exp, 3),
+        "speedup": round(t_float / t_exp, 3) if t_exp else None,
+        "dice": dice,
+        "mean_dice": float(np.mean(vals)) if vals else float("nan"),
+        "voxel_agreement": float((lab_float == lab_exp).mean()),
+    }
