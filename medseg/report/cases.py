@@ -137,8 +137,50 @@ def load_prediction(path: Path, reference: Volume) -> Volume:
             from medseg.io.seg import read_dicom_seg
         except ImportError as exc:
             raise InputError(f"{path}: DICOM SEG predictions need medseg.io.seg.read_dicom_seg ({exc})") from exc
-        return read_dicom_seg(path, reference)
+        try:
+            return read_dicom_seg(path, reference)
+        except GeometryError:
+            # The ground truth may hold the same grid in another axis order (e.g. a NIfTI
+            # written in RAS order from an LPS DICOM series): decode onto that grid reoriented
+            # like the SEG's frames, then put the labels back in the ground truth's order.
+            oriented = _reorient_like_seg(path, reference)
+            if oriented is None:
+                raise
+            seg = read_dicom_seg(path, oriented)
+            return Volume(resample_nearest(seg, reference), reference.affine.copy(), seg.meta)
     return load_volume_any(path)
+
+
+def _reorient_like_seg(path: Path, reference: Volume) -> Volume | None:
+    """`reference` with its axes flipped/permuted so that i and j run along the SEG frames'
+    row and column directions (None when that changes nothing or cannot be worked out)."""
+    import nibabel as nib
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        groups = [g for g in (ds.get("SharedFunctionalGroupsSequence"), ds.get("PerFrameFunctionalGroupsSequence")) if g]
+        iop = next(g[0].PlaneOrientationSequence[0].ImageOrientationPatient for g in groups if "PlaneOrientationSequence" in g[0])
+    except (StopIteration, AttributeError, IndexError, KeyError, TypeError, ValueError, OSError):
+        return None
+    row_ras = np.array([-float(iop[0]), -float(iop[1]), float(iop[2])])  # LPS → RAS
+    col_ras = np.array([-float(iop[3]), -float(iop[4]), float(iop[5])])
+    start = nib.orientations.io_orientation(reference.affine)
+    target = np.zeros((3, 2))
+    for axis, vec in enumerate((row_ras, col_ras)):
+        world = int(np.argmax(np.abs(vec)))
+        target[axis] = (world, 1.0 if vec[world] > 0 else -1.0)
+    remaining = ({0, 1, 2} - {int(target[0, 0]), int(target[1, 0])})
+    if len(remaining) != 1:
+        return None
+    world_k = remaining.pop()
+    target[2] = next((w, f) for w, f in start if int(w) == world_k)
+    transform = nib.orientations.ornt_transform(start, target)
+    if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
+        return None
+    array = nib.orientations.apply_orientation(np.asarray(reference.array), transform)
+    affine = reference.affine @ nib.orientations.inv_ornt_aff(transform, reference.shape)
+    return Volume(np.ascontiguousarray(array), affine, dict(reference.meta))
 
 
 def describe_grid(v: Volume) -> str:

@@ -63,6 +63,7 @@ class _Outcome:
     status: str  # "ok" | "missing" | "failed"
     rows: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
+    label_names: dict[int, str] = field(default_factory=dict)
 
 
 def parse_label_names(text: str | None) -> dict[int, str] | None:
@@ -103,8 +104,8 @@ def parse_label_names(text: str | None) -> dict[int, str] | None:
     return out or None
 
 
-def _load_pair(pair: CasePaths, resample: bool) -> tuple[Any, np.ndarray]:
-    """(ground-truth Volume, prediction array on its grid)."""
+def _load_pair(pair: CasePaths, resample: bool) -> tuple[Any, np.ndarray, dict[int, str]]:
+    """(ground-truth Volume, prediction array on its grid, label names the prediction carries)."""
     gt = load_volume_any(pair.gt)
     if gt.array.ndim != 3:
         raise InputError(f"case {pair.case!r}: ground truth {pair.gt} is {gt.array.ndim}-D; expected a 3-D label map")
@@ -112,23 +113,24 @@ def _load_pair(pair: CasePaths, resample: bool) -> tuple[Any, np.ndarray]:
     pred = load_prediction(pair.pred, gt)
     if pred.array.ndim != 3:
         raise InputError(f"case {pair.case!r}: prediction {pair.pred} is {pred.array.ndim}-D; expected a 3-D label map")
+    names = {int(k): str(v) for k, v in (pred.meta.get("label_names") or {}).items()}  # e.g. DICOM SEG segments
     if resample:
-        return gt, resample_nearest(pred, gt)
+        return gt, resample_nearest(pred, gt), names
     check_same_grid(pair.case, gt, pred)
-    return gt, np.asarray(pred.array)
+    return gt, np.asarray(pred.array), names
 
 
 def _evaluate_pair(pair: CasePaths, labels: dict[int, str] | None, nsd_tolerance_mm: float, resample: bool) -> _Outcome:
     if pair.pred is None:
         return _Outcome(pair.case, "missing")
     try:
-        gt, pred = _load_pair(pair, resample)
+        gt, pred, names = _load_pair(pair, resample)
         rows = evaluate_case(np.asarray(gt.array), pred, gt.spacing, labels=labels, nsd_tolerance_mm=nsd_tolerance_mm)
     except MedsegError as exc:
         return _Outcome(pair.case, "failed", error=str(exc))
     except (OSError, ValueError, MemoryError) as exc:
         return _Outcome(pair.case, "failed", error=f"{type(exc).__name__}: {exc}")
-    return _Outcome(pair.case, "ok", rows=rows)
+    return _Outcome(pair.case, "ok", rows=rows, label_names=names)
 
 
 def _worst_entries(rows: list[dict[str, Any]], labels: Mapping[int, str], n: int) -> list[dict[str, Any]]:
@@ -152,7 +154,7 @@ def _draw_worst(worst: list[dict[str, Any]], pairs: dict[str, CasePaths], resamp
         if pair.image is None:
             continue
         try:
-            gt, pred = _load_pair(pair, resample)
+            gt, pred, _ = _load_pair(pair, resample)
             image = load_volume_any(pair.image)
             if not image.same_grid(gt, atol_mm=1e-3):
                 image = Volume(resample_nearest(image, gt), gt.affine, image.meta)
@@ -185,7 +187,9 @@ def evaluate_folders(
             ground truth's grid).
         out_dir: output folder (created). Files are written atomically.
         labels: ``{value: name}`` to evaluate, in report order; labels absent from both maps of
-            a case count as both-empty (perfect). None: every label present in any case.
+            a case count as both-empty (perfect). None: every label present in any case, named
+            by the prediction's metadata where it has names (DICOM SEG segment labels), else
+            ``label_<value>``.
         images: optional image file / folder matched by case name; the worst cases then get
             an axial slice with ground-truth and prediction contours in report.html.
         nsd_tolerance_mm: τ of the normalised surface Dice, mm.
@@ -255,7 +259,11 @@ def evaluate_folders(
     ordered = [outcomes[p.case] for p in pairs]
     if wanted is None:
         present = sorted({r["label"] for o in ordered for r in o.rows})
-        wanted = {k: default_label_name(k) for k in present}
+        carried: dict[int, str] = {}
+        for o in ordered:
+            for k, v in o.label_names.items():
+                carried.setdefault(k, v)
+        wanted = {k: carried.get(k, default_label_name(k)) for k in present}
     rows: list[dict[str, Any]] = []
     for o in ordered:
         if o.status != "ok":

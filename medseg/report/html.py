@@ -227,7 +227,7 @@ def render_html(
 
     parts.append("<h2>Summary</h2><p class='meta'>mean ± std (population) and median [IQR] over the finite values; "
                  "inf = cases with exactly one mask empty (not averaged).</p>")
-    parts.append("<table><tr><th class='l'>label</th><th>cases</th><th>empty both / GT only empty / pred empty</th>")
+    parts.append("<table><tr><th class='l'>label</th><th>cases</th><th>empty: both / GT / pred</th>")
     parts.extend(f"<th>{e(METRIC_TITLES[k])}</th>" for k in PLOT_METRICS)
     parts.append("</tr>")
     for name, s in summary.items():

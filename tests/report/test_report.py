@@ -192,3 +192,28 @@ def test_cli_end_to_end(dataset, tmp_path):
     # bad input: clear error, exit 1, no traceback
     p = _cli(r / "gt", r / "pred", "--out", tmp_path / "o4", "--labels", "liver")
     assert p.returncode == 1 and "--labels" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_dicom_seg_prediction_against_nifti_ground_truth(sample, tmp_path):
+    """A DICOM SEG prediction (written from the DICOM series) scored against NIfTI labels that
+    hold the same grid in another axis order: decoded onto the GT grid, values exact."""
+    from medseg.io import load_volume
+    from medseg.io.seg import write_dicom_seg
+
+    series = load_volume(sample("ct_dicom"))
+    gt_vol = read_volume(sample("ct_dicom_seg"))
+    a = np.asarray(gt_vol.array)
+    a = np.where(np.isin(a, [1, 5]), a, 0).astype(np.uint8)
+    pred = _erode_labels(a)
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    write_volume(gt_vol.with_array(a), tmp_path / "gt" / "ct.nii.gz")
+    on_series = resample_nearest(Volume(pred, gt_vol.affine), series)
+    write_dicom_seg(on_series, series, {5: "liver", 1: "spleen"}, tmp_path / "pred" / "ct.dcm")
+    res = evaluate_folders(tmp_path / "gt", tmp_path / "pred", tmp_path / "out")
+    assert res.ok, res.failed
+    assert res.labels == {1: "spleen", 5: "liver"}  # names from the SEG's segments
+    want = evaluate_case(a, pred, gt_vol.spacing)
+    assert [{k: v for k, v in r.items() if k not in ("case", "name")} for r in res.rows] == [
+        {k: v for k, v in r.items() if k != "name"} for r in want
+    ]
