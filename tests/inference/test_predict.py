@@ -1,0 +1,152 @@
+"""segment_volume: original-grid geometry, TTA, ensembling, guards, post-processing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from inference_factory import (
+    CT_PLAN,
+    THRESHOLD_HU,
+    dice,
+    make_threshold_model,
+    reoriented,
+    save_random_ckpt,
+    undo_reoriented,
+)
+
+from medseg.errors import CheckpointError, InputError
+from medseg.inference import InferenceOptions, load_models, segment_volume
+from medseg.inference.postprocess import fill_holes, keep_largest_component
+from medseg.inference.predict import estimate_memory_bytes, labels_on_grid, preprocessed_shape
+from medseg.io import Volume, read_volume
+
+
+@pytest.fixture(scope="module")
+def ct_small(sample) -> Volume:
+    """The bundled 3 mm CT, smoothed (σ = 1 voxel) so that resampling it to the plan's
+    2×2.5×4 mm grid and back keeps its thin bright structures (ribs, contrast vessels)."""
+    v = read_volume(sample("ct_small"))
+    return Volume(ndimage.gaussian_filter(v.array.astype(np.float32), 1.0), v.affine, {"modality": "CT"})
+
+
+def test_resampling_round_trip_is_exact_for_a_linear_image(ct_small, threshold_model):
+    """Intensity = a world coordinate: any half-voxel or axis error would move the 50 HU plane."""
+    shape = (61, 50, 30)
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, 3)
+    world = ct_small.world_coordinates(ijk).reshape(*shape, 3)
+    for axis in range(3):
+        ramp = (world[..., axis] - np.median(world[..., axis])) * 10.0 + THRESHOLD_HU + 0.5
+        vol = Volume(ramp.astype(np.float32), ct_small.affine, {"modality": "CT"})
+        for moved, back in ((vol, lambda a: a), (reoriented(vol), undo_reoriented)):
+            seg = segment_volume(moved, [threshold_model])
+            np.testing.assert_array_equal(back(seg.array), ramp > THRESHOLD_HU)
+
+
+def test_labels_lie_on_the_original_grid(ct_small, threshold_model):
+    seg = segment_volume(ct_small, [threshold_model])
+    assert seg.shape == ct_small.shape
+    np.testing.assert_array_equal(seg.affine, ct_small.affine)
+    assert seg.array.dtype == np.uint8 and seg.meta["label_names"] == {1: "bright"}
+    assert dice(seg.array == 1, ct_small.array > THRESHOLD_HU) > 0.95
+
+
+def test_any_voxel_order_gives_the_same_world_labels(ct_small, threshold_model):
+    """A permuted + flipped copy (same world geometry) must give the same labels, voxel for voxel."""
+    ref = segment_volume(ct_small, [threshold_model]).array
+    moved = reoriented(ct_small)
+    seg = segment_volume(moved, [threshold_model])
+    np.testing.assert_array_equal(seg.affine, moved.affine)
+    np.testing.assert_array_equal(undo_reoriented(seg.array), ref)
+
+
+def test_real_lps_dicom_series(sample, threshold_model):
+    from medseg.io.dicom import read_dicom_series
+
+    vol = read_dicom_series(sample("ct_dicom"))  # 512×512×20, LPS voxel order, 0.98×0.98×2 mm
+    assert vol.orientation != "RAS"
+    vol = vol.with_array(ndimage.gaussian_filter(vol.array.astype(np.float32), (2, 2, 0.7)))
+    seg = segment_volume(vol, [threshold_model])
+    assert seg.shape == vol.shape and np.allclose(seg.affine, vol.affine)
+    assert dice(seg.array == 1, vol.array > THRESHOLD_HU) > 0.97
+
+
+def test_tta_and_ensemble_of_equivariant_models(ct_small, threshold_model):
+    ref = segment_volume(ct_small, [threshold_model]).array
+    assert ref.any()
+    tta = segment_volume(ct_small, [threshold_model], InferenceOptions(tta=True)).array
+    np.testing.assert_array_equal(tta, ref)
+    twice = segment_volume(ct_small, [threshold_model, make_threshold_model(name="b")]).array
+    np.testing.assert_array_equal(twice, ref)
+    # a second model with another plan (spacing) is resampled onto the first one's grid
+    other = make_threshold_model({**CT_PLAN, "spacing_mm": [3.5, 3.5, 3.5]}, name="c")
+    mixed = segment_volume(ct_small, [threshold_model, other]).array
+    assert dice(mixed == 1, ref == 1) > 0.97
+
+
+def test_probabilities_match_labels(ct_small, threshold_model):
+    seg = segment_volume(ct_small, [threshold_model], InferenceOptions(probabilities=True))
+    p = seg.meta["probabilities"]
+    assert p.shape == (*ct_small.shape, 2) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(p.argmax(-1), seg.array)
+
+
+def test_resampling_outside_the_source_is_background():
+    probs = torch.zeros((2, 4, 4, 4))
+    probs[1] = 1.0  # everything foreground on the source grid
+    src = np.eye(4)
+    dst = np.eye(4)
+    dst[:3, 3] = [-10.0, 0.0, 0.0]  # destination extends 10 mm beyond the source along x
+    labels, p = labels_on_grid(probs, src, dst, (14, 4, 4), [0, 1], keep_probabilities=True)
+    assert (labels[:9] == 0).all() and (labels[10:] == 1).all()
+    np.testing.assert_allclose(p[:9, ..., 0], 1.0)
+
+
+def test_modality_and_memory_guards(ct_small, threshold_model):
+    mr = ct_small.with_array(ct_small.array, modality="MR")
+    with pytest.raises(InputError, match="modality MR but the model was trained on CT"):
+        segment_volume(mr, [threshold_model])
+    with pytest.raises(InputError, match="--spacing"):
+        segment_volume(ct_small, [threshold_model], InferenceOptions(max_memory_gb=1e-4))
+    with pytest.raises(InputError, match="3-D"):
+        segment_volume(Volume(np.zeros((4, 4, 4, 2)), np.eye(4)), [threshold_model])
+    # estimate scales with the preprocessed grid
+    assert preprocessed_shape(ct_small, [1.5, 1.5, 1.5]) == (244, 202, 60)
+    small = estimate_memory_bytes(ct_small, [threshold_model], InferenceOptions(spacing_mm=(6.0, 6.0, 6.0)))
+    assert small < estimate_memory_bytes(ct_small, [threshold_model], InferenceOptions())
+
+
+def test_checkpoint_guards(tmp_path, random_ckpt):
+    other = save_random_ckpt(tmp_path / "other.pt", {1: "liver", 2: "kidney"})
+    with pytest.raises(CheckpointError, match="label sets differ"):
+        load_models([random_ckpt, other], "cpu")
+    den = save_random_ckpt(tmp_path / "den.pt", {1: "x"}, task="denoising")
+    with pytest.raises(CheckpointError, match="'denoising' checkpoint"):
+        load_models([den], "cpu")
+    mr = save_random_ckpt(tmp_path / "mr.pt", {1: "liver", 2: "spleen"}, modality="MR")
+    with pytest.raises(CheckpointError, match="different modalities"):
+        load_models([random_ckpt, mr], "cpu")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_models([], "cpu")
+    (models,) = [load_models([random_ckpt, random_ckpt], "cpu")]
+    assert len(models) == 2 and models[0].channel_values == [0, 1, 2]
+
+
+def test_largest_component_and_hole_filling():
+    lab = np.zeros((20, 20, 20), np.uint8)
+    lab[2:10, 2:10, 2:10] = 1  # big organ with a hole
+    lab[5, 5, 5] = 0
+    lab[15:17, 15:17, 15:17] = 1  # island
+    lab[12:14, 2:4, 2:4] = 2
+    lab[4:6, 4:6, 4:6][lab[4:6, 4:6, 4:6] == 1] = 1
+    kept = keep_largest_component(lab)
+    assert kept[15, 15, 15] == 0 and kept[3, 3, 3] == 1 and kept[12, 2, 2] == 2
+    filled = fill_holes(kept)
+    assert filled[5, 5, 5] == 1 and (filled == 2).sum() == 8
+    # a hole holding another label is not overwritten
+    lab2 = np.zeros((9, 9, 9), np.uint8)
+    lab2[1:8, 1:8, 1:8] = 1
+    lab2[4, 4, 4] = 2
+    assert fill_holes(lab2)[4, 4, 4] == 2
