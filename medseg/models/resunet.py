@@ -25,6 +25,7 @@ the main logits, so inference code never sees the difference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -45,11 +46,17 @@ RESNET_LAYERS: dict[str, tuple[type[nn.Module], list[int]]] = {
 MEDICALNET_SHORTCUT = {"resnet10": "B", "resnet18": "A", "resnet34": "A", "resnet50": "B"}
 
 
-def _norm(name: str) -> str | tuple:
-    """MONAI norm spec for a config name ("instance", "batch", "group")."""
+def _norm(name: str, channels: int) -> str | tuple:
+    """MONAI norm spec for a config name ("instance", "batch", "group") on `channels` channels."""
     if name == "group":
-        return ("group", {"num_groups": 8})
+        return ("group", {"num_groups": math.gcd(8, channels)})
     return name
+
+
+def _context_norm(name: str, channels: int) -> str | tuple:
+    # the bottleneck can be 1×1×1 voxels for small patches, where instance norm is undefined;
+    # group norm over channels behaves like it on larger maps and works there too
+    return _norm("group" if name == "instance" else name, channels)
 
 
 class ResUNet3D(nn.Module):
@@ -69,7 +76,8 @@ class ResUNet3D(nn.Module):
             branch is always added).
         aspp_channels: output channels of each ASPP branch.
         decoder_channels: channels of the five decoder stages, deepest first (``/16 … /1``).
-        norm: normalisation of the new (non-encoder) layers: ``"instance" | "batch" | "group"``.
+        norm: normalisation of the new (non-encoder) layers: ``"instance" | "batch" | "group"``
+            (with "instance", the context module uses group norm: its maps can be 1 voxel).
             The encoder keeps batch norm (MedicalNet's).
         dropout: dropout probability in the decoder's residual units.
         deep_supervision: add auxiliary heads at the ``/2`` and ``/4`` decoder stages.
@@ -119,8 +127,6 @@ class ResUNet3D(nn.Module):
         # channels of the stem, layer1..layer4 outputs
         skip_ch = [encoder_channels[0], encoder_channels[0] * exp, encoder_channels[1] * exp, encoder_channels[2] * exp]
         deep_ch = encoder_channels[3] * exp
-        nrm = _norm(norm)
-
         n_branches = len(aspp_dilations) + 1
         self.context = nn.Sequential(
             SimpleASPP(
@@ -129,13 +135,18 @@ class ResUNet3D(nn.Module):
                 aspp_channels,
                 kernel_sizes=(1, *([3] * len(aspp_dilations))),
                 dilations=(1, *aspp_dilations),
-                norm_type=nrm,
+                norm_type=_context_norm(norm, aspp_channels),
                 acti_type="LEAKYRELU",
             ),
-            Convolution(3, aspp_channels * n_branches, decoder_channels[0], kernel_size=1, norm=nrm, act="LEAKYRELU"),
+            Convolution(
+                3, aspp_channels * n_branches, decoder_channels[0], kernel_size=1,
+                norm=_context_norm(norm, decoder_channels[0]), act="LEAKYRELU",
+            ),
         )
         # the input-resolution skip (the encoder's first feature map is already /2)
-        self.input_skip = ResidualUnit(3, in_channels, decoder_channels[4], subunits=1, norm=nrm, act="LEAKYRELU")
+        self.input_skip = ResidualUnit(
+            3, in_channels, decoder_channels[4], subunits=1, norm=_norm(norm, decoder_channels[4]), act="LEAKYRELU"
+        )
 
         # decoder stage i upsamples from level (4 - i) to level (3 - i); level scale factors:
         # layer4→layer3 ×2, layer3→layer2 ×2, layer2→layer1 ×2, layer1→stem ×2 (max-pool), stem→input ×stem_stride
@@ -148,7 +159,7 @@ class ResUNet3D(nn.Module):
             self.ups.append(UpSample(3, prev, ch, scale_factor=factor, kernel_size=factor, mode="deconv"))
             in_block = ch + skip if i < 4 else ch + decoder_channels[4]
             self.blocks.append(
-                ResidualUnit(3, in_block, ch, subunits=2, norm=nrm, act="LEAKYRELU", dropout=dropout or None)
+                ResidualUnit(3, in_block, ch, subunits=2, norm=_norm(norm, ch), act="LEAKYRELU", dropout=dropout or None)
             )
             prev = ch
         self.head = nn.Conv3d(decoder_channels[4], out_channels, kernel_size=1)
