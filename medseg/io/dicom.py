@@ -632,7 +632,7 @@ def group_into_series(headers: list[DicomFileHeader]) -> list[DicomSeries]:
         if not members[0].series_instance_uid:
             series.warnings.insert(
                 0,
-                f"no SeriesInstanceUID in the files: grouped by folder and series number/description; stand-in UID {uid}",
+                f"no SeriesInstanceUID in the files: grouped by folder + series number/description (stand-in UID {uid})",
             )
         result.append(series)
     result.sort(key=lambda s: (not s.is_image, s.series_number if s.series_number is not None else 1 << 30, s.series_description, s.series_instance_uid))
@@ -724,10 +724,7 @@ def _plan_series(uid: str, members: list[DicomFileHeader]) -> DicomSeries:
             series.ignored.append(SkippedFile(p, reason))
     if extra_files:
         n_extra = len([p for p in extra_files if p not in main_paths])
-        series.warnings.append(
-            f"{n_extra} file(s) with another geometry (e.g. a localizer) ignored; "
-            f"main stack: {len(main)} image(s)"
-        )
+        series.warnings.append(f"{n_extra} file(s) with another geometry ignored (e.g. localizer); main stack: {len(main)} image(s)")
     series.frames = main
     _plan_stack(series, main)
     return series
@@ -746,8 +743,8 @@ def _plan_stack(series: DicomSeries, frames: list[DicomFrame]) -> None:
         aff = np.diag([ps[1], ps[0], h0.spacing_between_slices_mm or h0.slice_thickness_mm or 1.0, 1.0])
         series.geometry = StackGeometry(order, [], aff, len(order), None, float(aff[2, 2]))
         series.warnings.append(
-            "no patient geometry (ImagePositionPatient/ImageOrientationPatient missing): slices ordered by "
-            "InstanceNumber and the affine is a placeholder (identity directions)"
+            "no patient geometry (no ImagePositionPatient/ImageOrientationPatient): slices in InstanceNumber "
+            "order, placeholder affine"
         )
     else:
         if frames[0].pixel_spacing is None:
@@ -881,8 +878,8 @@ def read_dicom_series(
         "source_frames": source_frames,
         "warnings": list(series.warnings),
     }
-    for w in series.warnings:
-        log.warning("%s: %s", series.label, w)
+    for w in series.warnings:  # returned in meta["warnings"]; callers decide how loud to be
+        log.info("%s: %s", series.label, w)
     return Volume(array, lps_to_ras_affine(geo.affine_lps), meta)
 
 

@@ -151,7 +151,7 @@ def build_stack_geometry(
         shown = ", ".join(labels[i] for i in duplicates[:5]) + (" …" if len(duplicates) > 5 else "")
         warnings.append(
             f"{len(duplicates)} duplicate slice(s) at an already used position removed ({shown}); "
-            "if the series holds several echoes/phases, split it before use"
+            "several echoes/phases in one series?"
         )
 
     base = np.eye(4)
@@ -182,9 +182,8 @@ def build_stack_geometry(
     tilt = math.degrees(math.atan(float(np.linalg.norm(in_plane))))
     if tilt > TILT_TOLERANCE_DEG:
         warnings.append(
-            f"gantry tilt of {tilt:.2f}°: slices are sheared, so the affine is exact but not "
-            "orthogonal (tools that need orthogonal axes, e.g. ITK/NRRD or a NIfTI qform, "
-            "will approximate it; resample before using those)"
+            f"gantry tilt of {tilt:.2f}°: exact sheared affine (ITK/NRRD and NIfTI qform cannot hold shear; "
+            "resample before using those)"
         )
         direction = line
     else:
@@ -204,8 +203,8 @@ def build_stack_geometry(
             n_missing = int(np.round(ratios).sum() - len(gaps))
             where = [int(k) for k in np.nonzero(np.round(ratios) > 1)[0]][:5]
             problem = (
-                f"{n_missing} missing slice(s) (gaps of up to {_fmt(max_gap)} mm where {_fmt(min_gap)} mm is "
-                f"expected, after sorted slice(s) {where})"
+                f"{n_missing} missing slice(s) (gaps up to {_fmt(max_gap)} mm, {_fmt(min_gap)} mm expected, "
+                f"after sorted slice(s) {where})"
             )
         else:
             problem = f"non-uniform slice spacing ({_fmt(min_gap)}–{_fmt(max_gap)} mm)"
@@ -215,8 +214,8 @@ def build_stack_geometry(
         n_out = int(round(span / spacing)) + 1
         if n_out - len(order) > MAX_INTERPOLATED_PER_REAL_SLICE * len(order):
             raise ValueError(
-                f"{problem}: filling it would invent {n_out - len(order)} slices for {len(order)} real ones, "
-                "so this is not read as one volume"
+                f"{problem}: too sparse to read as a volume (would invent {n_out - len(order)} slices "
+                f"for {len(order)} real ones)"
             )
         spacing = span / (n_out - 1)
         targets = d[0] + spacing * np.arange(n_out)
@@ -230,10 +229,7 @@ def build_stack_geometry(
             a = max(b - 1, 0)
             w = float((t - d[a]) / (d[b] - d[a])) if d[b] != d[a] else 0.0
             interpolation.append((a, b, w))
-        warnings.append(
-            f"{problem}: resampled to {n_out} slices {_fmt(spacing)} mm apart by linear interpolation "
-            "along the normal so the grid stays exact"
-        )
+        warnings.append(f"{problem}: {n_out} slices {_fmt(spacing)} mm apart, gaps filled by linear interpolation")
 
     base[:3, 2] = direction * spacing
     base[:3, 3] = first

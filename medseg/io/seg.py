@@ -147,6 +147,11 @@ def write_dicom_seg(
             "%d labelled voxels lie on interpolated slices that have no source image; they are not in the SEG",
             dropped,
         )
+    if not pixel.any() and not multi_frame:
+        # highdicom keeps every frame of every segment when all are empty; a valid SEG with
+        # empty segments only needs frames on one source image.
+        log.info("empty label map: writing empty segments on the first source image only")
+        datasets, pixel = datasets[:1], pixel[:1]
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name,
         version=algorithm_version or __version__,

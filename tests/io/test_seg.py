@@ -1,0 +1,91 @@
+"""DICOM SEG round trip on the real bundled CT series with TotalSegmentator organ labels."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pytest
+from dicom_factory import write_enhanced_ct, write_series
+
+from medseg.errors import DicomError, GeometryError
+from medseg.io import Volume, load_volume
+from medseg.io.dicom import read_dicom_series
+from medseg.io.seg import read_dicom_seg, write_dicom_seg
+
+ORGANS = {1: "spleen", 5: "liver", 6: "stomach", 52: "aorta"}
+
+
+def labels_on_grid(labels: Volume, image: Volume) -> np.ndarray:
+    """Move a label volume onto `image`'s grid (same voxel centres, maybe flipped axes)."""
+    m = np.rint(np.linalg.inv(labels.affine) @ image.affine).astype(int)  # image index → label index
+    idx = np.indices(image.shape).reshape(3, -1)
+    src = m[:3, :3] @ idx + m[:3, 3:4]
+    return labels.array[tuple(src)].reshape(image.shape)
+
+
+@pytest.fixture(scope="module")
+def ct_and_organs(sample):
+    ct = read_dicom_series(sample("ct_dicom"))
+    all_labels = labels_on_grid(load_volume(sample("ct_dicom_seg")), ct)
+    organs = np.where(np.isin(all_labels, list(ORGANS)), all_labels, 0).astype(np.uint8)
+    assert set(np.unique(organs)) == {0, *ORGANS}  # the four organs are really there
+    return ct, organs
+
+
+def test_seg_round_trip_on_real_ct(tmp_path, ct_and_organs):
+    ct, organs = ct_and_organs
+    path = write_dicom_seg(organs, ct, ORGANS, tmp_path / "seg.dcm", algorithm_version="test")
+    assert not list(tmp_path.glob(".*part*"))
+
+    back = read_dicom_seg(path, ct)
+    assert back.meta["label_names"] == ORGANS
+    assert back.same_grid(ct)
+    np.testing.assert_array_equal(back.array, organs)
+
+    # what any highdicom user sees: segments, algorithm, references to the source images
+    seg = hd.seg.segread(str(path))
+    assert seg.SegmentationType == "BINARY" and seg.Modality == "SEG"
+    assert [seg.get_segment_description(n).segment_label for n in seg.segment_numbers] == list(ORGANS.values())
+    assert seg.get_segment_description(1).algorithm_identification[0].AlgorithmVersion == "test"
+    src_uids = {u[2] for u in seg.get_source_image_uids()}
+    assert len(src_uids) == 20  # every slice with an organ is referenced
+    assert seg.FrameOfReferenceUID == ct.meta["frame_of_reference_uid"]
+    # highdicom's own volume of segment "liver" sits where medseg put it
+    liver = seg.get_volume(segment_numbers=[2], combine_segments=True)
+    assert np.count_nonzero(liver.array) == np.count_nonzero(organs == 5)
+    hd_centre_lps = (liver.affine @ np.append(np.argwhere(liver.array).mean(0), 1))[:3]
+    our_centre_ras = ct.world_coordinates(np.argwhere(organs == 5).mean(0)[None])[0]
+    np.testing.assert_allclose(hd_centre_lps * [-1, -1, 1], our_centre_ras, atol=1e-3)
+
+
+def test_seg_on_written_series_and_enhanced_ct(tmp_path, mni_ct):
+    labels = (mni_ct.array > 200).astype(np.uint8) * 3
+    write_series(tmp_path / "s", mni_ct)
+    ct = read_dicom_series(tmp_path / "s")
+    p = write_dicom_seg(labels, ct, {3: "bright"}, tmp_path / "s.dcm")
+    np.testing.assert_array_equal(read_dicom_seg(p, ct).array, labels)
+
+    (tmp_path / "e").mkdir()
+    write_enhanced_ct(tmp_path / "e" / "enh.dcm", mni_ct)
+    enh = read_dicom_series(tmp_path / "e")
+    p = write_dicom_seg(labels, enh, {3: "bright"}, tmp_path / "e.dcm")
+    back = read_dicom_seg(p, enh)
+    np.testing.assert_array_equal(back.array, labels)
+
+
+def test_empty_labels_and_errors(tmp_path, ct_and_organs, sample):
+    ct, organs = ct_and_organs
+    empty = np.zeros(ct.shape, np.uint8)
+    p = write_dicom_seg(empty, ct, ORGANS, tmp_path / "empty.dcm")
+    back = read_dicom_seg(p, ct)
+    assert back.array.max() == 0 and back.meta["label_names"] == ORGANS
+    with pytest.raises(DicomError, match="nothing to write"):
+        write_dicom_seg(empty, ct, {}, tmp_path / "none.dcm")
+    with pytest.raises(GeometryError, match="does not match"):
+        write_dicom_seg(organs[:, :, :5], ct, ORGANS, tmp_path / "bad.dcm")
+    with pytest.raises(DicomError, match="DICOM source"):
+        write_dicom_seg(np.zeros((122, 101, 30), np.uint8), load_volume(sample("ct_small")), ORGANS, tmp_path / "x.dcm")
+    p = write_dicom_seg(organs, ct, ORGANS, tmp_path / "ok.dcm")
+    other = Volume(np.zeros((512, 512, 20), np.int16), np.diag([0.5, 0.5, 2.0, 1.0]))
+    with pytest.raises(GeometryError):
+        read_dicom_seg(p, other)
