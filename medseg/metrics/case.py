@@ -113,8 +113,8 @@ def evaluate_case(
         pred: predicted label map of the same shape (same grid: resample before calling).
         spacing_mm: voxel size in mm along each array axis (``Volume.spacing``).
         labels: ``{label value: name}`` of the labels to report, in this order; labels absent
-            from both maps are reported as both-empty. None: every nonzero label present in
-            either map, named ``label_<value>``.
+            from both maps are reported as both-empty; a 0 (background) entry is skipped. None:
+            every nonzero label present in either map, named ``label_<value>``.
         nsd_tolerance_mm: tolerance τ of the normalised surface Dice, in mm.
         threads: threads for the nearest-neighbour searches (-1 = all cores).
 
@@ -142,8 +142,8 @@ def evaluate_case(
         raise ValueError(f"nsd_tolerance_mm must be a finite number >= 0, got {nsd_tolerance_mm}")
     voxel_ml = float(np.prod(spacing)) / 1000.0
     if labels is not None:
-        wanted = [(int(k), str(v)) for k, v in labels.items()]
-        if any(k <= 0 for k, _ in wanted):
+        wanted = [(int(k), str(v)) for k, v in labels.items() if int(k) != 0]  # 0 = background: skipped
+        if any(k < 0 for k, _ in wanted):
             raise ValueError(f"labels must be positive integers (0 is background), got {sorted(labels)}")
         max_label = max((k for k, _ in wanted), default=0)
         boxes_g = _label_boxes(g, max_label) if max_label else []

@@ -188,6 +188,8 @@ def test_multilabel_rows_equal_single_label_calls():
         for key in ("hd", "hd95", "assd", "nsd"):
             assert r[key] == pytest.approx(ref[key], rel=1e-12), key
     assert rows[3]["dice"] == 1.0 and rows[3]["hd"] == 0.0
+    # a background entry (as in a checkpoint's label table) is skipped
+    assert [r["label"] for r in evaluate_case(gt, pred, spacing, labels={0: "background", 2: "b"})] == [2]
     # default labels: all present in either, named label_<k>
     assert [r["name"] for r in evaluate_case(gt, pred, spacing)] == ["label_1", "label_2", "label_3"]
 
