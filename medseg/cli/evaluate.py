@@ -23,8 +23,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Score predictions against ground truth and write metrics.csv, summary.json, report.html.
 
-        Exit code 0 when every ground-truth case had a prediction and was scored; 1 when a case
-        was missing or failed (the reports are still written and list them) or on bad input.
+        Exit code 0 when every ground-truth case had a prediction and was scored; 1 when a case was missing or failed (the reports are still written and list them) or on bad input.
         """
         from rich.console import Console
         from rich.table import Table

@@ -264,7 +264,8 @@ def render_html(
                 parts.append("<div class='cases'>")
                 for w in figs:
                     parts.append(f"<figure><img alt='{e(w['case'])} {e(name)}' src='{w['image_uri']}'><figcaption>{e(w['case'])}: "
-                                 f"Dice {_fmt(w['row']['dice'])}, HD95 {_fmt(w['row']['hd95'])} mm</figcaption></figure>")
+                                 f"Dice {_fmt(w['row']['dice'])}, HD95 {_fmt(w['row']['hd95'])}"
+                                 f"{'' if math.isinf(w['row']['hd95']) else ' mm'}</figcaption></figure>")
                 parts.append("</div>")
 
     parts.append(f"<h2>All cases</h2><details><summary>{len(rows)} rows (also in metrics.csv)</summary><table><tr><th class='l'>case</th><th class='l'>label</th>")
