@@ -71,3 +71,14 @@ def test_volume_orientation_and_spacing():
     v = Volume(np.zeros((4, 4, 4), np.int16), aff)
     assert v.orientation == "LPS"
     assert v.spacing == (0.5, 0.5, 2.0)
+
+
+def test_atomic_outputs_get_normal_permissions(sample, tmp_path):
+    import os
+    import stat
+
+    out = write_nifti(read_volume(sample("ct_small_seg")), tmp_path / "seg.nii.gz")
+    mode = stat.S_IMODE(os.stat(out).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
