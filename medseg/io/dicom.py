@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import DicomError
+from medseg.io.dicom_fastheader import read_flat_header
 from medseg.io.dicom_geometry import StackGeometry, build_stack_geometry, orientation_key
 from medseg.io.orientation import lps_to_ras_affine
 from medseg.io.volume import Volume
@@ -393,8 +394,12 @@ def _check_pixel_element(fp: Any, file_size: int, layout: PixelLayout, implicit_
     return None
 
 
-def read_dicom_header(path: PathLike) -> DicomFileHeader | SkippedFile:
+def read_dicom_header(path: PathLike, *, fast: bool = True) -> DicomFileHeader | SkippedFile:
     """Read one file's header (no pixel data) into a `DicomFileHeader`, or say why not.
+
+    Args:
+        path: the file.
+        fast: try `medseg.io.dicom_fastheader` first (pydicom handles what it declines).
 
     Never raises for a bad file: returns `SkippedFile(path, reason)` instead.
     """
@@ -412,6 +417,11 @@ def read_dicom_header(path: PathLike) -> DicomFileHeader | SkippedFile:
         return SkippedFile(path, "DICOMDIR index (the folder tree is scanned directly)")
     try:
         with open(path, "rb") as fp, warnings.catch_warnings():
+            if fast:
+                flat = read_flat_header(fp)
+                if flat is not None:
+                    return _header_from_dataset(path, flat, fp, size)
+                fp.seek(0)
             # pydicom warns about every oddity it repairs; the scan reports what matters.
             warnings.simplefilter("ignore")
             try:
@@ -454,7 +464,8 @@ def _header_from_dataset(path: Path, ds: Any, fp: Any, size: int) -> DicomFileHe
     if not sop_class and not modality and "SeriesInstanceUID" not in ds and "Rows" not in ds:
         return SkippedFile(path, "not a DICOM image or object (no SOP class, modality or series)")
     sop_instance = _text(_get(ds, "SOPInstanceUID")) or (_text(_get(meta, "MediaStorageSOPInstanceUID")) if meta is not None else "")
-    image_type = tuple(_text(v).upper() for v in (_get(ds, "ImageType") or []) if v is not None) if _get(ds, "ImageType") else ()
+    raw_type = _get(ds, "ImageType") or ()
+    image_type = tuple(_text(v).upper() for v in ([raw_type] if isinstance(raw_type, str) else raw_type) if v is not None)
     header = DicomFileHeader(
         path=path,
         sop_class_uid=sop_class,
@@ -673,7 +684,7 @@ def _plan_series(uid: str, members: list[DicomFileHeader]) -> DicomSeries:
         headers={h.path: h for h in members},
     )
     images = [h for h in members if h.non_image_kind is None and h.pixels is not None]
-    others = [h for h in members if h not in images]
+    others = [h for h in members if h.non_image_kind is not None or h.pixels is None]
     if not images:
         kind = _most_common(h.non_image_kind for h in members) or "non-image"
         series.files = [h.path for h in members]

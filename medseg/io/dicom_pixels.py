@@ -100,8 +100,11 @@ def _fix_stored(raw: np.ndarray, layout: PixelLayout) -> None:
         raw.byteswap(inplace=True)
     shift = layout.bits_allocated - layout.bits_stored
     if shift > 0:
-        np.left_shift(raw, shift, out=raw)
-        np.right_shift(raw, shift, out=raw)
+        if raw.dtype.kind == "u":  # same result as pydicom's shift pair, in one pass
+            np.bitwise_and(raw, raw.dtype.type((1 << layout.bits_stored) - 1), out=raw)
+        else:  # sign-extend from the highest stored bit
+            np.left_shift(raw, shift, out=raw)
+            np.right_shift(raw, shift, out=raw)
 
 
 def _read_native(path: Path, layout: PixelLayout, frame_indices: list[int | None]) -> np.ndarray:
