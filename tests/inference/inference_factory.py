@@ -83,3 +83,19 @@ def undo_reoriented(array, perm=(2, 0, 1), flip_axis=1):
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     s = int(a.sum() + b.sum())
     return 2.0 * np.logical_and(a, b).sum() / s if s else 1.0
+
+
+def corrupt_j2k_series(src: Path, dst: Path, index: int = 10) -> Path:
+    """Copy a JPEG 2000 series and overwrite part of one file's compressed pixel data.
+
+    The headers stay valid (the scan accepts the series); decoding that slice fails.
+    """
+    import shutil
+
+    shutil.copytree(src, dst)
+    f = sorted(p for p in dst.iterdir() if p.is_file())[index]
+    data = bytearray(f.read_bytes())
+    rng = np.random.default_rng(0)
+    data[-5000:-100] = rng.integers(0, 256, 4900, dtype=np.uint8).tobytes()
+    f.write_bytes(bytes(data))
+    return dst

@@ -1,0 +1,235 @@
+"""segment_batch / medseg segment on real DICOM trees: outputs, SEG vs NIfTI, failures, resume, shards."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inference_factory import corrupt_j2k_series
+
+from medseg.demo import write_ct_series
+from medseg.inference import BatchOptions, InferenceOptions, parse_shard, segment_batch
+from medseg.inference.batch import DONE_MARKER, discover_series, shard_of
+from medseg.io import read_nifti, read_volume
+from medseg.io.dicom import read_dicom_series
+
+# no window overlap: the fewest forward passes (these tests check plumbing, not accuracy)
+FAST = BatchOptions(inference=InferenceOptions(device="cpu", overlap=0.0), progress=False)
+
+
+@pytest.fixture(scope="module")
+def dicom_tree(tmp_path_factory, sample) -> Path:
+    """A PACS-export-like tree: 2 good CT series (one nested), 1 corrupt CT, an MR, an SR."""
+    import pydicom.data
+
+    root = tmp_path_factory.mktemp("tree")
+    shutil.copytree(sample("ct_dicom"), root / "patient_A" / "CT_abdomen")
+    write_ct_series(read_volume(sample("ct_small")), root / "patient_B" / "study" / "CT_3mm",
+                    series_description="Abdomen 3mm", series_number=2)
+    corrupt_j2k_series(sample("ct_dicom"), root / "patient_C" / "CT_broken")
+    for sub, name in (("patient_B/study/MR", "MR_small.dcm"), ("patient_B/report", "test-SR.dcm")):
+        (root / sub).mkdir(parents=True)
+        shutil.copy(pydicom.data.get_testdata_file(name), root / sub / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def batch(dicom_tree, trained_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg")
+    return segment_batch(dicom_tree, out, [trained_ckpt], FAST)
+
+
+def seg_on_grid(seg, affine_ras: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Decode a highdicom Segmentation onto a grid by each frame's ImagePositionPatient (LPS)."""
+    from medseg.io.orientation import ras_to_lps_affine
+
+    inv = np.linalg.inv(ras_to_lps_affine(affine_ras))
+    value_of = {int(d.SegmentNumber): int(str(d.TrackingID).split()[-1]) for d in seg.SegmentSequence}
+    out = np.zeros(shape, dtype=np.uint8)
+    pixels = seg.pixel_array.reshape(-1, shape[1], shape[0])
+    for frame, group in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        pos = np.array([float(v) for v in group.PlanePositionSequence[0].ImagePositionPatient] + [1.0])
+        i, j, k = (inv @ pos)[:3]
+        assert abs(i) < 1e-3 and abs(j) < 1e-3 and abs(k - round(k)) < 1e-3
+        ident = group if "SegmentIdentificationSequence" in group else seg.SharedFunctionalGroupsSequence[0]
+        number = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        out[:, :, int(round(k))][frame.T > 0] = value_of[number]
+    return out
+
+
+def _by_source(result, part: str):
+    (rec,) = [r for r in result.records if part in r.source]
+    return rec
+
+
+def test_every_series_is_reported(batch):
+    assert not batch.ok and batch.n_done == 2 and batch.n_failed == 1 and batch.n_skipped == 2
+    broken = _by_source(batch, "CT_broken")
+    assert broken.status == "failed" and "cannot decode pixel data" in broken.reason
+    mr = _by_source(batch, "MR")
+    assert mr.status == "skipped" and "modality MR" in mr.reason
+    sr = _by_source(batch, "report")
+    assert sr.status == "skipped" and "not an image" in sr.reason
+    manifest = json.loads(batch.manifest_path.read_text())
+    assert manifest["counts"] == {"done": 2, "skipped": 2, "failed": 1, "pending": 0}
+    assert manifest["labels"] == {"1": "liver"} and manifest["finished"]
+    rows = list(csv.DictReader(batch.manifest_path.with_suffix(".csv").open()))
+    assert sorted(r["status"] for r in rows) == ["done", "done", "failed", "skipped", "skipped"]
+
+
+@pytest.mark.parametrize("part", ["CT_abdomen", "CT_3mm"])
+def test_seg_matches_nifti_voxel_by_voxel_on_the_original_grid(batch, part):
+    import highdicom as hd
+
+    rec = _by_source(batch, part)
+    assert rec.status == "done"
+    d = batch.out_dir / rec.stem
+    assert set(rec.outputs) == {"labels", "dicom_seg", "volumes", "qa"}
+    source = read_dicom_series(rec.series)
+    labels = read_nifti(d / "labels.nii.gz")
+    assert labels.shape == source.shape
+    np.testing.assert_allclose(labels.affine, source.affine, atol=1e-4)
+    assert (labels.array == 1).any() and (labels.array == 0).any()
+
+    seg = hd.seg.segread(d / "seg.dcm")
+    assert seg.SeriesDescription.startswith("medseg")
+    (desc,) = seg.SegmentSequence
+    assert desc.SegmentLabel == "liver"
+    np.testing.assert_array_equal(seg_on_grid(seg, source.affine, source.shape), labels.array)
+
+    rows = list(csv.DictReader((d / "volumes.csv").open()))
+    voxel_ml = abs(np.linalg.det(source.affine[:3, :3])) / 1000
+    mask = labels.array == 1
+    assert rows[0]["name"] == "liver" and int(rows[0]["voxels"]) == int(mask.sum())
+    assert float(rows[0]["volume_ml"]) == pytest.approx(mask.sum() * voxel_ml, rel=1e-4)
+    assert float(rows[0]["mean_intensity"]) == pytest.approx(source.array[mask].mean(), abs=1e-2)
+    assert (d / "qa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = json.loads((d / DONE_MARKER).read_text())
+    assert done["outputs"] == rec.outputs and done["model_fingerprints"]
+
+
+def test_cli_rerun_skips_done_series_and_exits_1_on_failure(batch, dicom_tree, trained_ckpt):
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    before = {p: p.stat().st_mtime_ns for p in batch.out_dir.rglob("labels.nii.gz")}
+    r = CliRunner().invoke(
+        app, ["segment", str(dicom_tree), str(batch.out_dir), "--model", str(trained_ckpt), "--device", "cpu", "--overlap", "0", "--no-progress"]
+    )
+    assert r.exit_code == 1, r.output
+    assert "2 done, 2 skipped, 1 failed" in r.output and "previous run" in r.output
+    assert {p: p.stat().st_mtime_ns for p in batch.out_dir.rglob("labels.nii.gz")} == before
+
+
+def test_resume_after_an_interruption(tmp_path, sample, trained_ckpt, monkeypatch):
+    """Interrupted while writing the 2nd series: its outputs exist but it is not done; a re-run
+    skips the 1st and redoes the 2nd."""
+    import medseg.inference.outputs as outputs
+
+    vol = read_volume(sample("ct_small"))
+    tree = tmp_path / "in"
+    for n in range(2):
+        write_ct_series(vol, tree / f"p{n}" / "ct", series_description=f"copy {n}", series_number=n + 1)
+    out = tmp_path / "out"
+    real = outputs.write_qa_png
+    calls = []
+
+    def interrupt_on_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(outputs, "write_qa_png", interrupt_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        segment_batch(tree, out, [trained_ckpt], FAST)
+    manifest = json.loads((out / "segment.json").read_text())
+    assert manifest["counts"]["done"] == 1 and manifest["counts"]["pending"] == 1
+    half = [d for d in out.iterdir() if d.is_dir() and not (d / DONE_MARKER).exists() and any(d.iterdir())]
+    assert len(half) == 1 and (half[0] / "labels.nii.gz").exists()
+
+    monkeypatch.setattr(outputs, "write_qa_png", real)
+    again = segment_batch(tree, out, [trained_ckpt], FAST)
+    assert again.ok and again.n_done == 2
+    assert sum(r.previous_run for r in again.records) == 1
+    assert all((out / r.stem / DONE_MARKER).exists() for r in again.records)
+    only_one = BatchOptions(inference=FAST.inference, progress=False, overwrite=True, series_regex="COPY 1$")
+    redo = segment_batch(tree, out, [trained_ckpt], only_one)
+    assert [(r.series_description, r.status, r.previous_run) for r in redo.records] == [
+        ("copy 0", "skipped", False), ("copy 1", "done", False)]
+
+
+def test_resume_after_sigkill(tmp_path, sample, trained_ckpt):
+    """Kill -9 a real `medseg segment` mid-batch: no half-written outputs; a re-run finishes."""
+    vol = read_volume(sample("ct_small"))
+    tree = tmp_path / "in"
+    for n in range(4):
+        write_ct_series(vol, tree / f"p{n}", series_description=f"copy {n}", series_number=n + 1)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medseg", "segment", str(tree), str(out), "-m", str(trained_ckpt),
+         "--device", "cpu", "--overlap", "0", "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(out.glob(f"*/{DONE_MARKER}")):
+            break
+        time.sleep(0.02)
+    killed_mid_batch = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.parent.name for p in out.glob(f"*/{DONE_MARKER}")}
+    assert done_before, "no series finished before the kill"
+    for d in (p for p in out.iterdir() if p.is_dir()):
+        for f in d.glob("labels.nii.gz"):
+            read_nifti(f)  # complete files only: atomic writes
+        if (d / DONE_MARKER).exists():
+            info = json.loads((d / DONE_MARKER).read_text())
+            assert all((d / name).is_file() for name in info["outputs"].values())
+
+    result = segment_batch(tree, out, [trained_ckpt], FAST)
+    assert result.ok and result.n_done == 4
+    assert {r.stem for r in result.records if r.previous_run} == done_before
+    if killed_mid_batch:
+        assert len(done_before) < 4
+    assert not list(out.rglob("*.part*")), "temp files of the killed run were not cleaned up"
+
+
+def test_shards_cover_every_series_exactly_once(tmp_path, sample, trained_ckpt):
+    vol = read_volume(sample("ct_small"))
+    src = tmp_path / "in"
+    from medseg.io import Volume, write_nifti
+
+    for n in range(7):
+        crop = Volume(vol.array[n * 8 : n * 8 + 48, 20:80, :], vol.affine, {})
+        write_nifti(crop, src / f"sub{n % 2}" / f"case{n}.nii.gz")
+    write_ct_series(vol, src / "dicom" / "ct", series_description="dicom one", series_number=9)
+    records, _ = discover_series(src)
+    assert len(records) == 8
+    out = tmp_path / "out"
+    seen: list[str] = []
+    for i in (1, 2, 3):
+        opts = BatchOptions(inference=FAST.inference, progress=False, qa_png=False, dicom_seg=False, shard=(i, 3))
+        res = segment_batch(src, out, [trained_ckpt], opts)
+        assert res.manifest_path.name == f"segment.shard-{i}-of-3.json"
+        assert all(shard_of(r.key, 3) == i for r in res.records)
+        seen += [r.stem for r in res.records if r.status == "done"]
+    assert sorted(seen) == sorted(r.stem for r in records)  # every series once, none twice
+    assert parse_shard("2/3") == (2, 3)
+    from medseg.errors import InputError
+
+    for bad in ("0/3", "4/3", "x"):
+        with pytest.raises(InputError):
+            parse_shard(bad)
