@@ -163,6 +163,7 @@ def convert_to_nifti(
     *,
     progress: bool = False,
     threads: int | None = None,
+    processes: int = 0,
 ) -> ConversionResult:
     """Convert a DICOM tree / DICOM file / NIfTI-NRRD-MHA file to NIfTI files in `out_dir`.
 
@@ -183,6 +184,7 @@ def convert_to_nifti(
         out_dir: output folder (created).
         progress: progress bars on stderr.
         threads: decoding threads per series (None: automatic).
+        processes: worker processes for large compressed series (0: none).
 
     Returns:
         `ConversionResult`; ``n_failed`` counts image series that could not be converted.
@@ -232,7 +234,7 @@ def convert_to_nifti(
                 continue
             name = f"{series_stem(s.series_number, s.series_description, s.series_instance_uid)}.nii.gz"
             try:
-                vol = read_dicom_series(s, threads=threads)
+                vol = read_dicom_series(s, threads=threads, processes=processes)
                 write_nifti(vol, out / name)
             except MedsegError as exc:
                 log.error("%s: %s", s.label, exc)

@@ -833,6 +833,7 @@ def read_dicom_series(
     *,
     series_uid: str | None = None,
     threads: int | None = None,
+    processes: int = 0,
 ) -> Volume:
     """Decode a DICOM series into a `Volume` (RAS affine, rescaled values).
 
@@ -841,6 +842,9 @@ def read_dicom_series(
             image series.
         series_uid: with a path, the SeriesInstanceUID to read when several are there.
         threads: decoding threads (default: a few per CPU core; 1 disables the pool).
+        processes: decode compressed series (8+ files) in that many worker processes; the
+            JPEG 2000/JPEG-LS/JPEG decoders hold the GIL, so threads do not speed them up.
+            0 (default) keeps everything in this process.
 
     Returns:
         Volume with ``array[i, j, k]`` = (column, row, slice along the normal); integer
@@ -864,7 +868,7 @@ def read_dicom_series(
         raise DicomError(f"series {series.label} uid={series.series_instance_uid}: {series.error or 'no geometry'}")
     geo = series.geometry
     kept = [series.frames[i] for i in geo.order]
-    stack = decode_stack(kept, series.headers, threads=threads)  # (n_kept, rows, cols[, s])
+    stack = decode_stack(kept, series.headers, threads=threads, processes=processes)  # (n_kept, rows, cols[, s])
     if geo.interpolation is not None:
         stack = _interpolate_slices(stack, geo.interpolation)
     array = np.moveaxis(stack, (0, 1, 2), (2, 1, 0)) if stack.ndim == 4 else stack.transpose(2, 1, 0)

@@ -8,7 +8,10 @@ Two paths:
   ``pixels.pixel_array`` with its decoder plugins (pylibjpeg-openjpeg, pylibjpeg-libjpeg,
   pyjpegls, pylibjpeg-rle), which release the GIL while decoding.
 
-Files are processed by a thread pool: reads and most decoders release the GIL.
+Files are processed by a thread pool: reads, NumPy and the RLE decoder release the GIL. The
+JPEG 2000 (openjpeg), JPEG-LS (CharLS) and JPEG (libjpeg) plugins hold it while decoding
+(their Cython wrappers call the C decoder without ``nogil``; measured in docs/benchmarks.md),
+so for large compressed series `decode_stack` can use worker processes instead.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ _DECODER_HINTS = {
     "1.2.840.10008.1.2.4.20": "pylibjpeg-openjpeg (HTJ2K)",
     "1.2.840.10008.1.2.5": "pylibjpeg-rle (RLE)",
 }
+
+
+#: Smallest stack (in pixels) decoded by worker processes when `processes` > 1.
+MIN_PIXELS_FOR_PROCESSES = 64 * 512 * 512
 
 
 def default_threads() -> int:
@@ -159,18 +166,28 @@ def decode_frames(path: Path, layout: PixelLayout, frame_indices: list[int | Non
     return _read_with_pydicom(path, layout, frame_indices)
 
 
+def _decode_task(path: Path, layout: PixelLayout, frame_indices: list[int | None]) -> np.ndarray:
+    """Process-pool entry point (module level so it pickles by reference)."""
+    return decode_frames(path, layout, frame_indices)
+
+
 def decode_stack(
     frames: list[DicomFrame],
     headers: dict[Path, DicomFileHeader],
     *,
     threads: int | None = None,
+    processes: int = 0,
 ) -> np.ndarray:
     """Decode and rescale `frames` (in that order) into one ``(n, rows, cols[, s])`` array.
 
     Args:
         frames: the frames to stack, in output order.
         headers: the file headers from the scan (pixel layout of each file).
-        threads: worker threads (None: `default_threads`; 1: no pool).
+        threads: worker threads (None: `default_threads`; 1: no pool). Native data and RLE
+            scale with threads; the JPEG 2000 / JPEG-LS / JPEG decoders hold the GIL.
+        processes: if > 1, big JPEG-family series (`MIN_PIXELS_FOR_PROCESSES`) are decoded by
+            that many worker processes ("spawn": a calling script needs an
+            ``if __name__ == "__main__":`` guard).
 
     Raises:
         DicomError: a file cannot be decoded or its size differs from the stack's.
@@ -187,14 +204,10 @@ def decode_stack(
     for slot, fr in enumerate(frames):
         by_file[fr.path].append(slot)
 
-    def work(path: Path) -> None:
-        layout = headers[path].pixels
-        assert layout is not None
-        slots = by_file[path]
-        arr = decode_frames(path, layout, [frames[s].frame_index for s in slots])
+    def place(path: Path, arr: np.ndarray) -> None:
         if arr.shape[1:] != out.shape[1:]:
             raise DicomError(f"{path}: pixel matrix {arr.shape[1:]} differs from the stack's {out.shape[1:]}")
-        for n, slot in enumerate(slots):
+        for n, slot in enumerate(by_file[path]):
             fr = frames[slot]
             dest = out[slot]
             if out_dtype.kind == "f":
@@ -206,7 +219,30 @@ def decode_stack(
                 if fr.intercept:
                     dest += out_dtype.type(fr.intercept)
 
+    def args(path: Path) -> tuple[Path, PixelLayout, list[int | None]]:
+        layout = headers[path].pixels
+        assert layout is not None
+        return path, layout, [frames[s].frame_index for s in by_file[path]]
+
+    def work(path: Path) -> None:
+        place(path, decode_frames(*args(path)))
+
     paths = list(by_file)
+    # Worker processes pay ~0.5 s to start: only for big series in GIL-holding codecs
+    # (the JPEG family, 1.2.840.10008.1.2.4.x), e.g. 64+ JPEG 2000 slices of 512×512.
+    gil_bound = any(headers[p].pixels.transfer_syntax.startswith("1.2.840.10008.1.2.4.") for p in paths)  # type: ignore[union-attr]
+    n_pixels = len(frames) * first.rows * first.columns
+    if processes > 1 and gil_bound and len(paths) >= 2 * processes and n_pixels >= MIN_PIXELS_FOR_PROCESSES:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        n_proc = min(processes, len(paths))
+        with ProcessPoolExecutor(max_workers=n_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [args(p) for p in paths]
+            chunk = max(1, len(jobs) // (4 * n_proc))
+            for path, arr in zip(paths, pool.map(_decode_task, *zip(*jobs), chunksize=chunk)):
+                place(path, arr)
+        return out
     n_threads = default_threads() if threads is None else max(1, int(threads))
     if n_threads == 1 or len(paths) == 1:
         for p in paths:

@@ -282,3 +282,12 @@ def test_errors_are_clear(tmp_path):
     (tmp_path / "a.txt").write_text("hello")
     with pytest.raises(DicomError, match="no DICOM image series found.*a.txt: not a DICOM file"):
         read_dicom_series(tmp_path)
+
+
+def test_worker_processes_decode_jpeg_family(tmp_path, mni_ct, monkeypatch):
+    import medseg.io.dicom_pixels as px
+
+    monkeypatch.setattr(px, "MIN_PIXELS_FOR_PROCESSES", 0)
+    write_series(tmp_path, mni_ct, transfer_syntax="jpegls")
+    vol = read_dicom_series(tmp_path, processes=2)
+    assert_same_world(vol, mni_ct)
