@@ -94,10 +94,10 @@ def raw_floor(folder: Path) -> np.ndarray:
     return np.array([total])
 
 
-def read_medseg(folder: Path, threads: int | None) -> np.ndarray:
+def read_medseg(folder: Path, threads: int | None, processes: int = 0) -> np.ndarray:
     from medseg.io.dicom import read_dicom_series
 
-    return read_dicom_series(folder, threads=threads).array
+    return read_dicom_series(folder, threads=threads, processes=processes).array
 
 
 def read_sitk(folder: Path) -> np.ndarray:
@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="medseg decoding threads (default: automatic)")
     parser.add_argument("--syntax", default="explicit", choices=["explicit", "rle", "jpegls", "j2k"])
+    parser.add_argument("--processes", type=int, default=0, help="medseg worker processes for JPEG-family series")
     parser.add_argument("--skip-monai", action="store_true")
     parser.add_argument("--cold", action="store_true", help="evict the files from the page cache before every timed run")
     args = parser.parse_args()
@@ -162,7 +163,7 @@ def main() -> None:
     results: dict[str, float] = {}
     t_raw, _ = timeit(lambda: raw_floor(folder), args.repeat, cold)
     results["raw floor (read bytes)"] = t_raw
-    t_med, ours = timeit(lambda: read_medseg(folder, args.threads), args.repeat, cold)
+    t_med, ours = timeit(lambda: read_medseg(folder, args.threads, args.processes), args.repeat, cold)
     results["medseg read_dicom_series"] = t_med
     t_itk, ref = timeit(lambda: read_sitk(folder), args.repeat, cold)
     results["SimpleITK ImageSeriesReader"] = t_itk

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         input_path: Path = typer.Argument(..., metavar="INPUT", help="DICOM folder tree, DICOM file, or NIfTI/NRRD/MHA file."),
         out_dir: Path = typer.Argument(..., metavar="OUTDIR", help="Output folder (created): <series>.nii.gz files and series.json."),
         threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Pixel decoding threads per series (default: automatic)."),
-        processes: Optional[int] = typer.Option(None, "--processes", min=0, help="Worker processes for large compressed (JPEG 2000/JPEG-LS/JPEG) series, whose decoders hold the GIL. Default: one per CPU core (max 8); 0 = none."),
+        processes: int = typer.Option(0, "--processes", min=0, help="Worker processes for large JPEG 2000/JPEG-LS/JPEG series, whose decoders hold the GIL (helps on idle multi-core machines). 0 = none."),
     ) -> None:
         """Write one NIfTI per image series found in INPUT, and OUTDIR/series.json describing
         each series (output file, modality, shape, spacing, orientation, warnings, error) and
@@ -24,10 +24,6 @@ def register(app: typer.Typer) -> None:
 
         from medseg.io.convert import SERIES_JSON, convert_to_nifti
 
-        import os
-
-        if processes is None:
-            processes = min(os.cpu_count() or 1, 8) if (os.cpu_count() or 1) > 1 else 0
         result = convert_to_nifti(input_path, out_dir, progress=True, threads=threads, processes=processes)
         console = Console()
         err = Console(stderr=True)
