@@ -282,6 +282,7 @@ def read_dicom_seg(path: PathLike, reference: Volume) -> Volume:
             number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber) if "SegmentIdentificationSequence" in fg else 1
         order.append((f, int(idx[0]), int(idx[1]), int(idx[2]), number))
 
+    max_fraction = int(seg.get("MaximumFractionalValue", 1) or 1)
     for f, i0, j0, k, number in order:
         plane = pixels[f]
         r, c = plane.shape
@@ -289,10 +290,14 @@ def read_dicom_seg(path: PathLike, reference: Volume) -> Volume:
             raise GeometryError(f"{path}: SEG frame {f + 1} extends beyond the reference grid")
         dest = out[i0 : i0 + c, j0 : j0 + r, k]
         if seg_type == "LABELMAP":
-            vals = np.vectorize(lambda x: value_of.get(int(x), int(x)))(plane.T) if value_of else plane.T
-            np.copyto(dest, vals.astype(out.dtype), where=plane.T > 0)
+            lut = np.arange(int(plane.max()) + 1, dtype=np.int64)
+            for number_, value_ in value_of.items():
+                if number_ < len(lut):
+                    lut[number_] = value_
+            np.copyto(dest, lut[plane.T].astype(out.dtype), where=plane.T > 0)
         else:
-            mask = plane.T > (0.5 if seg_type == "FRACTIONAL" and plane.max() <= 1 else 0)
+            # FRACTIONAL: a voxel belongs to the segment from half the maximum fraction on
+            mask = plane.T.astype(np.int32) * 2 >= max_fraction if seg_type == "FRACTIONAL" else plane.T > 0
             value = value_of.get(number, number)
             np.copyto(dest, np.maximum(dest, value).astype(out.dtype), where=mask)
     meta = {
