@@ -154,7 +154,7 @@ def _palette(n: int) -> np.ndarray:
     """`n` distinct RGBA colours (index 0 unused = background)."""
     from matplotlib import colormaps
 
-    tab = colormaps["tab20"].colors + colormaps["tab20b"].colors
+    tab = colormaps["tab10"].colors + colormaps["Dark2"].colors + colormaps["tab20b"].colors
     cols = np.array([(*tab[(i - 1) % len(tab)], 1.0) for i in range(n)], dtype=float)
     cols[0] = (0, 0, 0, 0)
     return cols
