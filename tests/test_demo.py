@@ -13,12 +13,15 @@ def test_demo_end_to_end(tmp_path):
     from typer.testing import CliRunner
 
     from medseg.cli import app
+    from medseg.demo import run_demo
 
     out = tmp_path / "demo"
+    # the demo's workflow, trained for 2 steps only (the real demo trains for a few minutes)
+    res = run_demo(out, train_overrides=("training.epochs=1", "training.steps_per_epoch=2"), progress=False)
+    assert res.checkpoint.is_file() and res.run_dir.is_dir() and not res.missing
+    # the CLI on the same folder, reusing that checkpoint: prints where everything is
     r = CliRunner().invoke(
-        app,
-        ["demo", "--out", str(out), "--epochs", "1", "--no-progress"],
-        catch_exceptions=False,
+        app, ["demo", "--out", str(out), "--checkpoint", str(res.checkpoint), "--no-progress"], catch_exceptions=False
     )
     assert r.exit_code == 0, r.output
     assert "Where everything is" in r.output and "report.html" in r.output and "missing:" not in r.output
