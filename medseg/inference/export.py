@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,30 +88,18 @@ def export_model(
 
     with torch.no_grad():
         if fmt == "torchscript":
-            try:
-                traced = torch.jit.trace(net, example, check_trace=False)
-                traced = torch.jit.freeze(traced)
-            except Exception as exc:
-                raise InputError(f"{ckpt}: TorchScript tracing failed ({type(exc).__name__}: {exc})") from exc
-            with atomic_path(out_path, suffix=".ts") as tmp:
-                torch.jit.save(traced, str(tmp))
-        else:
-            axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
-            with atomic_path(out_path if not quantize else out_path.with_name(out_path.name + ".float"), suffix=".onnx") as tmp:
+            # torch ≥ 2.9 marks TorchScript deprecated; it still is what C++/Triton/DJL deployments load
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 try:
-                    torch.onnx.export(
-                        net, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                        dynamic_axes={"image": axes, "logits": axes}, opset_version=opset, dynamo=False,
-                    )
+                    traced = torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
                 except Exception as exc:
-                    raise InputError(f"{ckpt}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
-                if quantize:
-                    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                    with atomic_path(out_path, suffix=".onnx") as qtmp:
-                        quantize_dynamic(str(tmp), str(qtmp), weight_type=QuantType.QInt8)
-            if quantize:
-                out_path.with_name(out_path.name + ".float").unlink(missing_ok=True)
+                    raise InputError(f"{ckpt}: TorchScript tracing failed ({type(exc).__name__}: {exc})") from exc
+                with atomic_path(out_path, suffix=".ts") as tmp:
+                    torch.jit.save(traced, str(tmp))
+        else:
+            _export_onnx(net, example, out_path, quantize, opset, ckpt)
 
     write_json_atomic(
         sidecar_path(out_path),
@@ -127,6 +116,33 @@ def export_model(
         },
     )
     return out_path
+
+
+def _export_onnx(net: Any, example: Any, out_path: Path, quantize: str | None, opset: int, ckpt: Path) -> None:
+    """torch.onnx (TorchScript-based exporter, dynamic batch/spatial axes), then optional int8."""
+    import torch
+
+    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
+    float_path = out_path.with_name(out_path.name + ".float.onnx") if quantize else out_path
+    with warnings.catch_warnings(), atomic_path(float_path, suffix=".onnx") as tmp:
+        # instance norm uses each input's statistics at inference too: the warning is expected
+        warnings.filterwarnings("ignore", message=".*instance_norm.*train=True.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
+        try:
+            torch.onnx.export(
+                net, (example,), str(tmp), input_names=["image"], output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": axes}, opset_version=opset, dynamo=False,
+            )
+        except Exception as exc:
+            raise InputError(f"{ckpt}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        try:
+            with atomic_path(out_path, suffix=".onnx") as qtmp:
+                quantize_dynamic(str(float_path), str(qtmp), weight_type=QuantType.QInt8)
+        finally:
+            float_path.unlink(missing_ok=True)
 
 
 class OnnxNetwork:
@@ -185,7 +201,9 @@ def load_exported(path: str | os.PathLike[str], device: Any = "cpu") -> LoadedMo
     else:
         dev = device if isinstance(device, torch.device) else resolve_device(str(device))
         try:
-            network = torch.jit.load(str(path), map_location=dev).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                network = torch.jit.load(str(path), map_location=dev).eval()
         except Exception as exc:
             raise CheckpointError(f"{path}: cannot load as TorchScript ({type(exc).__name__}: {exc})") from exc
     return LoadedModel(
