@@ -150,3 +150,29 @@ def test_largest_component_and_hole_filling():
     lab2[1:8, 1:8, 1:8] = 1
     lab2[4, 4, 4] = 2
     assert fill_holes(lab2)[4, 4, 4] == 2
+
+
+def test_resampling_shortcuts_agree_with_full_trilinear():
+    """Cell shortcut (argmax copied inside one-class cells) == separable trilinear == grid_sample."""
+    from medseg.inference import predict as P
+
+    g = np.stack(np.meshgrid(*[np.arange(n) for n in (30, 34, 20)], indexing="ij")).astype(np.float32)
+    logits = np.zeros((3, 30, 34, 20), np.float32)
+    logits[1] = 6 * (1 - ((g[0] - 12) / 8) ** 2 - ((g[1] - 15) / 9) ** 2 - ((g[2] - 9) / 6) ** 2)
+    logits[2] = 6 * (1 - ((g[0] - 21) / 5) ** 2 - ((g[1] - 22) / 6) ** 2 - ((g[2] - 12) / 5) ** 2)
+    probs = torch.softmax(torch.from_numpy(logits), 0)
+    src = np.diag([3.0, 2.5, 3.0, 1.0])
+    dst = np.array([[-1.1, 0, 0, 90.0], [0, 0, 0.9, -3.0], [0, 1.3, 0, 2.0], [0, 0, 0, 1]])  # flip + swap
+    shape = (80, 50, 70)
+    fast, _ = P.labels_on_grid(probs, src, dst, shape, [0, 4, 7])
+    full, p = P.labels_on_grid(probs, src, dst, shape, [0, 4, 7], keep_probabilities=True)
+    np.testing.assert_array_equal(fast, full)
+    assert set(np.unique(fast)) == {0, 4, 7}
+    sampler = P._SlabSampler(probs, src, dst, shape)
+    assert sampler.perm == [0, 2, 1]
+    sep, inside_sep = sampler.sample(0, shape[2])
+    sampler.perm = None  # force the grid_sample fallback
+    gs, inside_gs = sampler.sample(0, shape[2])
+    torch.testing.assert_close(sep, gs, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(inside_sep.numpy(), inside_gs.numpy())
+    np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
