@@ -83,8 +83,11 @@ def export_model(
     if out_path is None:
         out_path = ckpt.with_name(ckpt.stem + ("-int8" if quantize else "") + SUFFIX[fmt])
     out_path = Path(out_path)
-    net = model.network.eval()
-    example = torch.zeros((1, 1, *roi), dtype=torch.float32)
+    net = _trace_safe(model.network.eval())
+    # Exported graphs have a fixed input shape (the window; the checkpoint's windows per batch):
+    # static shapes let ONNX Runtime / TorchScript plan once. Loaders pad or split other batches.
+    batch = int(model.inference.get("sw_batch_size", 1))
+    example = torch.zeros((batch, 1, *roi), dtype=torch.float32)
 
     with torch.no_grad():
         if fmt == "torchscript":
@@ -109,7 +112,8 @@ def export_model(
             "task": "segmentation",
             "labels": {str(k): v for k, v in model.labels.items()},
             "preprocessing": model.plan,
-            "inference": {**model.inference, "roi_size": list(roi)},
+            "inference": {**model.inference, "roi_size": list(roi), "sw_batch_size": batch},
+            "input_shape": [batch, 1, *roi],
             "source_checkpoint": str(ckpt),
             "source_fingerprint": model.fingerprint,
             "metrics": model.metrics,
@@ -118,11 +122,37 @@ def export_model(
     return out_path
 
 
+def _shortcut_a(x: Any, planes: int, stride: Any, spatial_dims: int = 3) -> Any:
+    """MONAI ResNet's shortcut "A" (stride, then zero channels) without ``.data``/``torch.zeros``.
+
+    MONAI builds the zero channels with ``torch.zeros(out.size(0), ...)`` and concatenates
+    ``out.data``: tracing (TorchScript, ONNX) records ``.data`` as a constant, so the exported
+    shortcut returned the example input's features for every input. ``F.pad`` traces correctly.
+    """
+    import torch.nn.functional as F
+
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[spatial_dims]
+    out = pool(x, kernel_size=1, stride=stride)
+    return F.pad(out, (0, 0) * spatial_dims + (0, planes - out.shape[1]))
+
+
+def _trace_safe(net: Any) -> Any:
+    """A copy of `net` whose MONAI ResNet shortcut-"A" blocks trace correctly (see `_shortcut_a`)."""
+    import copy
+    import functools
+
+    net = copy.deepcopy(net)
+    for module in net.modules():
+        ds = getattr(module, "downsample", None)
+        if isinstance(ds, functools.partial) and getattr(ds.func, "__name__", "") == "_downsample_basic_block":
+            module.downsample = functools.partial(_shortcut_a, **ds.keywords)
+    return net
+
+
 def _export_onnx(net: Any, example: Any, out_path: Path, quantize: str | None, opset: int, ckpt: Path) -> None:
-    """torch.onnx (TorchScript-based exporter, dynamic batch/spatial axes), then optional int8."""
+    """torch.onnx (TorchScript-based exporter, fixed input shape), then optional int8."""
     import torch
 
-    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
     float_path = out_path.with_name(out_path.name + ".float.onnx") if quantize else out_path
     with warnings.catch_warnings(), atomic_path(float_path, suffix=".onnx") as tmp:
         # instance norm uses each input's statistics at inference too: the warning is expected
@@ -131,7 +161,7 @@ def _export_onnx(net: Any, example: Any, out_path: Path, quantize: str | None, o
         try:
             torch.onnx.export(
                 net, (example,), str(tmp), input_names=["image"], output_names=["logits"],
-                dynamic_axes={"image": axes, "logits": axes}, opset_version=opset, dynamo=False,
+                opset_version=opset, dynamo=False,
             )
         except Exception as exc:
             raise InputError(f"{ckpt}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
@@ -145,7 +175,33 @@ def _export_onnx(net: Any, example: Any, out_path: Path, quantize: str | None, o
             float_path.unlink(missing_ok=True)
 
 
-class OnnxNetwork:
+class FixedBatchNetwork:
+    """Run a fixed-batch network on any batch: zero-pad a smaller batch, split a larger one."""
+
+    def __init__(self, fn: Any, batch: int) -> None:
+        self.fn, self.batch = fn, int(batch)
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        n = x.shape[0]
+        outs = []
+        for start in range(0, n, self.batch):
+            part = x[start : start + self.batch]
+            k = part.shape[0]
+            if k < self.batch:
+                part = torch.cat([part, part.new_zeros((self.batch - k, *part.shape[1:]))])
+            outs.append(self.fn(part)[:k])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def eval(self) -> FixedBatchNetwork:
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> FixedBatchNetwork:
+        return self
+
+
+class OnnxNetwork(FixedBatchNetwork):
     """An ONNX Runtime session behind the ``network(x) -> logits`` call inference uses."""
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
@@ -155,19 +211,17 @@ class OnnxNetwork:
         if threads:
             so.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
+        super().__init__(self._run, batch)
 
-    def __call__(self, x: Any) -> Any:
+    def _run(self, x: Any) -> Any:
         import torch
 
         out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
         return torch.from_numpy(out)
 
-    def eval(self) -> OnnxNetwork:
-        return self
-
-    def to(self, *args: Any, **kwargs: Any) -> OnnxNetwork:
-        return self
 
 
 def load_exported(path: str | os.PathLike[str], device: Any = "cpu") -> LoadedModel:
@@ -203,7 +257,8 @@ def load_exported(path: str | os.PathLike[str], device: Any = "cpu") -> LoadedMo
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                network = torch.jit.load(str(path), map_location=dev).eval()
+                traced = torch.jit.load(str(path), map_location=dev).eval()
+            network = FixedBatchNetwork(traced, int(info.get("input_shape", [1])[0]))
         except Exception as exc:
             raise CheckpointError(f"{path}: cannot load as TorchScript ({type(exc).__name__}: {exc})") from exc
     return LoadedModel(
