@@ -29,12 +29,13 @@ def label_statistics(image: Volume, labels: np.ndarray, label_names: dict[int, s
         (intensities are NaN for an absent label).
     """
     voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
-    flat = labels.ravel().astype(np.int64, copy=False)
-    n = max(int(flat.max(initial=0)), max(label_names, default=0)) + 1
-    counts = np.bincount(flat, minlength=n)
-    values = np.asarray(image.array, dtype=np.float64).ravel()
-    sums = np.bincount(flat, weights=values, minlength=n)
-    sq = np.bincount(flat, weights=values * values, minlength=n)
+    fg = labels != 0  # statistics over the labelled voxels only (a few % of a CT)
+    lab = labels[fg].astype(np.int64, copy=False)
+    n = max(int(lab.max(initial=0)), max(label_names, default=0)) + 1
+    counts = np.bincount(lab, minlength=n)
+    values = np.asarray(image.array)[fg].astype(np.float64)
+    sums = np.bincount(lab, weights=values, minlength=n)
+    sq = np.bincount(lab, weights=values * values, minlength=n)
     rows = []
     for value, name in sorted(label_names.items()):
         c = int(counts[value])

@@ -38,11 +38,10 @@ def keep_largest_component(labels: np.ndarray, values: list[int] | None = None) 
         comp, n = ndimage.label(mask, structure=structure)
         if n <= 1:
             continue
-        sizes = np.bincount(comp.ravel())
-        sizes[0] = 0
-        keep = int(np.argmax(sizes))
+        in_mask = comp[mask]  # component ids of the label's voxels only (cheaper than the box)
+        keep = int(np.argmax(np.bincount(in_mask)[1:])) + 1
         region = out[box]
-        region[mask & (comp != keep)] = 0
+        region[mask] = np.where(in_mask == keep, value, 0).astype(out.dtype, copy=False)
     return out
 
 
@@ -64,7 +63,10 @@ def fill_holes(labels: np.ndarray, values: list[int] | None = None) -> np.ndarra
         if values is not None and value not in values:
             continue
         region = out[box]
-        mask = region == value
-        filled = ndimage.binary_fill_holes(mask)
-        region[filled & ~mask & (region == 0)] = value
+        mask = np.pad(region == value, 1)  # a False frame: the outside is one connected region
+        # holes = background components that do not reach the frame (binary_fill_holes'
+        # definition, 6-connected background) in one labelling pass instead of its iterations
+        comp, _ = ndimage.label(~mask)
+        holes = (comp != comp[0, 0, 0])[1:-1, 1:-1, 1:-1] & ~mask[1:-1, 1:-1, 1:-1]
+        region[holes & (region == 0)] = value
     return out

@@ -1,0 +1,296 @@
+"""Benchmark: medseg's end-to-end segmentation of a 512×512×300 CT vs a bare MONAI sliding window.
+
+Data: a 512×512×300 CT DICOM series (0.98×0.98 mm, 1.5 mm slices, 450 mm long) made from the
+bundled real CT (`ct_dicom`, 20 slices): its slices are repeated back and forth along z and
+linearly interpolated, then written once as uncompressed single-frame DICOM to the benchmark
+cache (``$XDG_CACHE_HOME/medseg-bench`` or ``~/.cache/medseg-bench``).
+
+Model: a segmentation checkpoint (``--checkpoint``; default: the one `make demo` trained,
+``demo_output/runs/abdomen_ct_organs/checkpoints/best.pt``, else the abdomen workflow's network
+with random weights). Its plan (3 mm, window 96×96×16, 4 windows per batch, overlap 0.25,
+Gaussian blending) sets the work: 512×512×300 → 167×167×150 preprocessed voxels.
+
+Measured, model loaded once, page cache warm:
+1. **medseg end to end** = `segment_batch` on the series folder (read DICOM → preprocess →
+   sliding window → original grid → largest component + hole filling → NIfTI + DICOM SEG +
+   volumes CSV + QA PNG + manifest), and the same steps timed one by one;
+2. **bare MONAI** = `sliding_window_inference(image, roi, sw_batch_size, network, overlap,
+   mode="gaussian")` on the same preprocessed array: the network forward a user pays anyway;
+3. overhead = (end to end − bare) / bare; the issue's goal is ≤ 15 %;
+4. the network's achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) against the
+   machine's measured peak (large fp32 matmul and a large 3-D convolution);
+5. CPU options on a fixed set of windows: threads, bf16 autocast, channels-last-3d,
+   ONNX Runtime (float and dynamic int8).
+
+Run: ``.venv/bin/python benchmarks/bench_inference.py [--checkpoint CKPT] [--repeat N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPE = (512, 512, 300)
+SLICE_MM = 1.5
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medseg-bench"
+    return base / "ct_512x512x300_1.5mm"
+
+
+def build_series(folder: Path) -> Path:
+    """Write the 300-slice series into `folder` once (a marker file says it is complete)."""
+    from medseg import sample_data
+    from medseg.demo import write_ct_series
+    from medseg.io import Volume
+    from medseg.io.dicom import read_dicom_series
+
+    marker = folder / ".complete"
+    if marker.exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    src = read_dicom_series(sample_data.path("ct_dicom"))  # 512×512×20, 2 mm
+    n = src.shape[2]
+    # position along the source (in slices) of each output slice: back and forth (ping-pong)
+    pos = np.arange(SHAPE[2]) * SLICE_MM / src.spacing[2]
+    period = 2 * (n - 1)
+    pos = np.mod(pos, period)
+    pos = np.where(pos > n - 1, period - pos, pos)
+    a = np.floor(pos).astype(int)
+    b = np.minimum(a + 1, n - 1)
+    w = (pos - a)[None, None, :]
+    arr = np.asarray(src.array, np.float32)
+    vol = (1 - w) * arr[:, :, a] + w * arr[:, :, b]
+    affine = src.affine.copy()
+    affine[:3, 2] = affine[:3, 2] / np.linalg.norm(affine[:3, 2]) * SLICE_MM
+    write_ct_series(Volume(np.rint(vol).astype(np.int16), affine, {}), folder, series_description="bench 512x512x300",
+                    series_number=7)
+    marker.write_text("ok\n")
+    return folder
+
+
+def default_checkpoint(tmp: Path) -> Path:
+    demo = Path("demo_output/runs/abdomen_ct_organs/checkpoints/best.pt")
+    if demo.is_file():
+        return demo
+    print("no trained demo checkpoint found (run `make demo` first); using random weights (timings only)")
+    import torch
+
+    from medseg.checkpoint import Checkpoint, save_checkpoint
+    from medseg.config import load_workflow
+    from medseg.models import build_model
+
+    cfg = load_workflow(Path("workflows/abdomen_ct_organs.yaml"))
+    model_cfg = {**cfg.model.model_dump(mode="json"), "out_channels": len(cfg.data.labels) + 1}
+    net = build_model(model_cfg)
+    plan = cfg.preprocessing.plan()
+    return save_checkpoint(
+        Checkpoint(task="segmentation", model=model_cfg, state_dict=net.state_dict(),
+                   labels={i + 1: n for i, n in enumerate(cfg.data.labels)}, preprocessing=plan,
+                   inference={"roi_size": cfg.training.patch_size, "overlap": 0.25, "sw_batch_size": cfg.training.sw_batch_size}),
+        tmp / "random.pt",
+    )
+
+
+def best_of(fn, repeat: int):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def machine_peak() -> dict[str, float]:
+    """fp32 GFLOP/s of a 4096² matmul and of a 3-D convolution (64→64 ch, 3×3×3, 48³ voxels)."""
+    import torch
+
+    a = torch.randn(4096, 4096)
+    b = torch.randn(4096, 4096)
+    torch.mm(a, b)
+    t, _ = best_of(lambda: torch.mm(a, b), 3)
+    mm = 2 * 4096**3 / t / 1e9
+    x = torch.randn(1, 64, 48, 48, 48)
+    conv = torch.nn.Conv3d(64, 64, 3, padding=1, bias=False).eval()
+    with torch.no_grad():
+        conv(x)
+        t, _ = best_of(lambda: conv(x), 3)
+    flops = 2 * 64 * 64 * 27 * 48**3
+    return {"matmul_gflops": mm, "conv3d_gflops": flops / t / 1e9}
+
+
+def window_flops(net, roi) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 1, *roi)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        net(x)
+    return float(fc.get_total_flops())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each end-to-end measurement (best kept)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--skip-options", action="store_true", help="skip the CPU options (bf16, ONNX...)")
+    args = parser.parse_args()
+
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from medseg.inference import BatchOptions, InferenceOptions, load_models, segment_batch
+    from medseg.inference.outputs import label_statistics, write_qa_png, write_volumes_csv
+    from medseg.inference.postprocess import fill_holes, keep_largest_component
+    from medseg.inference.predict import count_windows, labels_on_grid, predict_probabilities, preprocess_for_model
+    from medseg.io import Volume, write_nifti
+    from medseg.io.dicom import read_dicom_series
+    from medseg.io.seg import write_dicom_seg
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="medseg-bench-inf-"))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), CUDA: {torch.cuda.is_available()}")
+    t0 = time.perf_counter()
+    folder = build_series(cache_dir())
+    print(f"series: {folder} (built/checked in {time.perf_counter() - t0:.1f} s)")
+    ckpt = args.checkpoint or default_checkpoint(tmp)
+    (model,) = load_models([ckpt], "cpu")
+    roi = tuple(model.inference["roi_size"])
+    overlap = float(model.inference["overlap"])
+    sw_bs = int(model.inference["sw_batch_size"])
+    opts = InferenceOptions(device="cpu", largest_component=True, fill_holes=True)
+    print(f"checkpoint: {ckpt} (labels {model.labels}); window {roi}, overlap {overlap}, {sw_bs} windows/batch")
+
+    # ---- 1. medseg end to end (segment_batch), then step by step
+    def e2e():
+        out = tmp / "out"
+        shutil.rmtree(out, ignore_errors=True)
+        res = segment_batch(folder, out, models=[model], options=BatchOptions(inference=opts, progress=False))
+        assert res.n_done == 1, [(r.status, r.reason) for r in res.records]
+        return res
+
+    read_dicom_series(folder)  # warm the page cache
+    t_e2e, _ = best_of(e2e, args.repeat)
+
+    steps: dict[str, float] = {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        steps[name] = time.perf_counter() - t
+        return out
+
+    from medseg.inference.batch import discover_series
+
+    steps_scan = time.perf_counter()
+    (rec,), _ = discover_series(folder)
+    steps["scan folder"] = time.perf_counter() - steps_scan
+    vol = timed("read DICOM", lambda: read_dicom_series(rec.series))
+    img, aff = timed("preprocess (orient, 3 mm, window)", lambda: preprocess_for_model(vol, model.plan))
+    n_windows = count_windows(tuple(img.shape[2:]), roi, overlap, 1)
+    probs = timed("sliding window (network + blending)", lambda: predict_probabilities(model, img, opts))
+    labels, _ = timed("back to the original grid + argmax", lambda: labels_on_grid(probs, aff, vol.affine, vol.shape, model.channel_values))
+    labels = timed("largest component + fill holes", lambda: fill_holes(keep_largest_component(labels)))
+    timed("write labels NIfTI (.nii.gz)", lambda: write_nifti(Volume(labels, vol.affine), tmp / "l.nii.gz"))
+    timed("write DICOM SEG", lambda: write_dicom_seg(labels, vol, model.labels, tmp / "seg.dcm"))
+    timed("volumes CSV", lambda: write_volumes_csv(label_statistics(vol, labels, model.labels), tmp / "v.csv"))
+    timed("QA PNG", lambda: write_qa_png(vol, labels, model.labels, tmp / "qa.png"))
+
+    # ---- 2. bare MONAI on the same preprocessed array
+    net = model.network
+
+    def bare():
+        with torch.no_grad():
+            return sliding_window_inference(img, roi, sw_bs, net, overlap=overlap, mode="gaussian")
+
+    t_bare, _ = best_of(bare, args.repeat)
+
+    print(f"\npreprocessed grid {tuple(img.shape[2:])}, {n_windows} windows")
+    print(f"\n{'step (one by one)':45s} {'s':>8s}")
+    for k, v in steps.items():
+        print(f"{k:45s} {v:8.2f}")
+    print(f"{'sum':45s} {sum(steps.values()):8.2f}")
+    print(f"\nmedseg end to end (segment_batch)            {t_e2e:8.2f} s")
+    print(f"bare MONAI sliding_window_inference          {t_bare:8.2f} s")
+    print(f"overhead (e2e - bare) / bare                 {100 * (t_e2e - t_bare) / t_bare:7.1f} %  (goal <= 15 %)")
+    hidden = steps["scan folder"] + steps["read DICOM"]
+    print(f"  of which reading (overlapped with the previous series' inference in a batch): {hidden:.2f} s "
+          f"→ steady-state batch overhead ≈ {100 * (t_e2e - hidden - t_bare) / t_bare:.1f} %")
+
+    # ---- 4. GFLOP/s vs peak
+    fl = window_flops(net, roi)
+    peak = machine_peak()
+    gflops = fl * n_windows / t_bare / 1e9
+    print(f"\nnetwork: {fl / 1e9:.2f} GFLOP per window × {n_windows} windows = {fl * n_windows / 1e9:.1f} GFLOP")
+    print(f"achieved {gflops:.1f} GFLOP/s in the bare sliding window; machine peak fp32: matmul "
+          f"{peak['matmul_gflops']:.1f} GFLOP/s, conv3d {peak['conv3d_gflops']:.1f} GFLOP/s "
+          f"→ {100 * gflops / peak['matmul_gflops']:.0f} % of matmul peak, {100 * gflops / peak['conv3d_gflops']:.0f} % of conv3d")
+
+    if args.skip_options:
+        return
+    # ---- 5. CPU options on 8 batches of windows
+    x = torch.randn(sw_bs, 1, *roi)
+    n_batches = 8
+
+    def run(f):
+        f(x)
+        t, _ = best_of(lambda: [f(x) for _ in range(n_batches)], 2)
+        return t / (n_batches * sw_bs) * 1000
+
+    results = {}
+    with torch.no_grad():
+        results["fp32 (baseline)"] = run(net)
+        for th in sorted({1, torch.get_num_threads()}):
+            old = torch.get_num_threads()
+            torch.set_num_threads(th)
+            results[f"fp32, {th} thread(s)"] = run(net)
+            torch.set_num_threads(old)
+
+        def bf16(inp):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return net(inp)
+
+        results["bf16 autocast"] = run(bf16)
+        ref = net(x)
+        err_bf16 = float((bf16(x).float().softmax(1) - ref.softmax(1)).abs().max())
+        net_cl = net.to(memory_format=torch.channels_last_3d)
+        results["channels_last_3d"] = run(lambda inp: net_cl(inp.to(memory_format=torch.channels_last_3d)))
+        net.to(memory_format=torch.contiguous_format)
+    from medseg import sample_data
+    from medseg.inference.export import OnnxNetwork, compare_with_float, export_model
+
+    real_ct = read_dicom_series(sample_data.path("ct_dicom"))
+    agreement = {}
+    for q in (None, "int8"):
+        name = f"ONNX Runtime {'int8 (dynamic)' if q else 'fp32'}"
+        path = export_model(ckpt, tmp / f"m{'-int8' if q else ''}.onnx", fmt="onnx", quantize=q)
+        results[name] = run(OnnxNetwork(path))
+        agreement[name] = compare_with_float(ckpt, path, real_ct)
+    print(f"\nCPU options: ms per {roi} window ({n_batches} batches of {sw_bs}, best of 2)")
+    base = results["fp32 (baseline)"]
+    for k, v in results.items():
+        print(f"  {k:32s} {v:8.1f} ms   ×{base / v:.2f}")
+    print(f"  (bf16: max |Δ softmax| vs fp32 on one batch = {err_bf16:.3f})")
+    print("\nexported vs float checkpoint, whole segment_volume on the real CT series (512×512×20):")
+    for name, r in agreement.items():
+        dice = ", ".join(f"{k} {v:.4f}" for k, v in r["dice"].items())
+        print(f"  {name:28s} float {r['float_s']:.2f} s, exported {r['exported_s']:.2f} s (×{r['speedup']:.2f}); "
+              f"Dice vs float: {dice}; voxel agreement {100 * r['voxel_agreement']:.3f} %")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
