@@ -30,7 +30,10 @@ def register(app: typer.Typer) -> None:
         qa: bool = typer.Option(True, "--qa/--no-qa", help="Write the QA PNG."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Redo series finished by a previous run."),
         shard: str = typer.Option(None, help="i/N: process only shard i of N (1-based, stable by series UID)."),
-        amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA."),
+        amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision (float16) on CUDA."),
+        precision: str = typer.Option(
+            "auto", help="auto | fp32 | bf16. bf16 autocast is ~2-3x faster on CPUs with native bf16 (AVX512-BF16, AMX)."
+        ),
         threads: int = typer.Option(None, min=1, help="CPU threads for torch (default: torch's)."),
         max_memory_gb: float = typer.Option(None, help="Refuse series estimated to need more memory (default: 90% of free)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
@@ -54,6 +57,7 @@ def register(app: typer.Typer) -> None:
             overlap=overlap,
             sw_batch_size=sw_batch_size,
             amp=amp,
+            precision=precision,
             tta=tta,
             largest_component=largest_component,
             fill_holes=fill_holes,

@@ -3,8 +3,9 @@
 What `segment_batch` guarantees:
 
 - **The model is loaded once** and shared by every series.
-- **Read-ahead**: the next series is read (DICOM decoding is slow) in a background thread
-  while the current one is segmented; at most two series are in memory.
+- **Pipelined**: the next series is read (DICOM decoding is slow) and the previous series'
+  outputs (NIfTI, DICOM SEG, CSV, PNG) are written in two background threads while the
+  current one is segmented; at most three series are in memory.
 - **One failed series never stops the batch**: its error goes into the manifest and the loop
   goes on. The result (and `medseg segment`'s exit code 1) says that something failed.
 - **Resumable**: every output is written atomically (temp file + rename) and a series is
@@ -77,6 +78,8 @@ class BatchOptions:
         overwrite: redo series that a previous run finished.
         shard: ``(i, n)``, 1 ≤ i ≤ n: process only this shard of the series.
         read_ahead: read the next series in a background thread.
+        write_behind: write a series' outputs in a background thread while the next one is
+            segmented (its completion marker is still written last).
         progress: show rich progress bars on stderr.
     """
 
@@ -89,6 +92,7 @@ class BatchOptions:
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     read_ahead: bool = True
+    write_behind: bool = True
     progress: bool = True
 
 
@@ -315,15 +319,25 @@ def is_done(series_dir: Path, models: list[LoadedModel]) -> dict[str, Any] | Non
     return info
 
 
-def segment_series(
+def prepare_series_dir(series_dir: Path) -> None:
+    """Un-finish a series before (re)computing it: marker first, then stale temp files."""
+    marker = series_dir / DONE_MARKER
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()  # from here on the series is not done until everything is rewritten
+    series_dir.mkdir(parents=True, exist_ok=True)
+    _clean_partial(series_dir)
+
+
+def write_series_outputs(
     volume: Volume,
+    seg: Volume,
     record: SeriesRecord,
     models: list[LoadedModel],
     series_dir: Path,
     options: BatchOptions,
-    progress: Any = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, str]:
-    """Segment one loaded series and write its outputs, completion marker last.
+    """Write one segmented series' outputs (each atomically), then its completion marker.
 
     Returns:
         output kind → file name inside `series_dir`.
@@ -331,22 +345,9 @@ def segment_series(
     from medseg.inference.outputs import label_statistics, write_qa_png, write_volumes_csv
     from medseg.io.nifti import write_nifti
 
-    marker = series_dir / DONE_MARKER
-    with contextlib.suppress(FileNotFoundError):
-        marker.unlink()  # from here on the series is not done until everything is rewritten
-    series_dir.mkdir(parents=True, exist_ok=True)
-    _clean_partial(series_dir)
-    if record.n_slices is None:
-        record.n_slices = int(volume.shape[2])
-    if not record.modality and volume.meta.get("modality"):
-        record.modality = str(volume.meta["modality"])
-
-    t0 = time.perf_counter()
-    seg = segment_volume(volume, models, options.inference, progress=progress)
-    timings = {"segment_s": round(time.perf_counter() - t0, 3)}
+    timings = dict(timings or {})
     names = seg.meta["label_names"]
     outputs: dict[str, str] = {}
-
     t1 = time.perf_counter()
     write_nifti(Volume(seg.array, seg.affine), series_dir / "labels.nii.gz")
     outputs["labels"] = "labels.nii.gz"
@@ -369,7 +370,7 @@ def segment_series(
     timings["write_s"] = round(time.perf_counter() - t1, 3)
 
     write_json_atomic(
-        marker,
+        series_dir / DONE_MARKER,
         {
             "series": record.to_dict() | {"status": "done", "outputs": outputs},
             "outputs": outputs,
@@ -382,6 +383,34 @@ def segment_series(
         },
     )
     return outputs
+
+
+def segment_series(
+    volume: Volume,
+    record: SeriesRecord,
+    models: list[LoadedModel],
+    series_dir: Path,
+    options: BatchOptions,
+    progress: Any = None,
+) -> dict[str, str]:
+    """Segment one loaded series and write its outputs, completion marker last (no overlap).
+
+    Returns:
+        output kind → file name inside `series_dir`.
+    """
+    prepare_series_dir(series_dir)
+    _fill_record(record, volume)
+    t0 = time.perf_counter()
+    seg = segment_volume(volume, models, options.inference, progress=progress)
+    timings = {"segment_s": round(time.perf_counter() - t0, 3)}
+    return write_series_outputs(volume, seg, record, models, series_dir, options, timings)
+
+
+def _fill_record(record: SeriesRecord, volume: Volume) -> None:
+    if record.n_slices is None:
+        record.n_slices = int(volume.shape[2])
+    if not record.modality and volume.meta.get("modality"):
+        record.modality = str(volume.meta["modality"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,56 +581,92 @@ def segment_batch(
         log.info("%d series already done (previous run); %d to segment", len(records) - len(todo), len(todo))
     manifest = write_manifest(out_dir, records, header, unreadable, options.shard)
 
-    pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-read") if options.read_ahead else None
+    # Three stages overlap: reading series n+1 (thread), segmenting series n (this thread),
+    # writing series n-1's outputs (thread). At most one read and one write are in flight.
+    reader = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-read") if options.read_ahead else None
+    writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-write") if options.write_behind else None
+    in_write: tuple[SeriesRecord, cf.Future, float] | None = None
 
-    def submit(rec: SeriesRecord) -> cf.Future:
-        if pool is not None:
-            return pool.submit(_load, rec)
-        fut: cf.Future = cf.Future()
+    def submit_read(rec: SeriesRecord) -> cf.Future:
+        return _submit(reader, _load, rec)
+
+    def fail(rec: SeriesRecord, exc: BaseException) -> None:
+        rec.status = "failed"
+        if isinstance(exc, MedsegError):
+            rec.reason = str(exc)
+        elif isinstance(exc, MemoryError):
+            rec.reason = "out of memory; use a coarser --spacing, no --probabilities, or fewer models"
+        else:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            rec.reason = f"{type(exc).__name__}: {first}"[:500]
+            log.debug("%s", "".join(traceback.format_exception(exc)))
+        log.warning("%s failed: %s", rec.stem, rec.reason)
+
+    def collect_write(bars: _Progress) -> None:
+        nonlocal in_write
+        if in_write is None:
+            return
+        rec, fut, t0 = in_write
+        in_write = None
         try:
-            fut.set_result(_load(rec))
-        except BaseException as exc:  # noqa: BLE001 - delivered through the future like the pool does
-            fut.set_exception(exc)
-        return fut
+            rec.outputs = fut.result()
+            rec.status, rec.reason = "done", ""
+        except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
+            fail(rec, exc)
+        rec.seconds = round(time.perf_counter() - t0, 3)
+        write_manifest(out_dir, records, header, unreadable, options.shard)
+        bars.series_finished()
 
     try:
         with _Progress(options.progress, len(todo)) as bars:
-            pending = submit(todo[0]) if todo else None
+            pending = submit_read(todo[0]) if todo else None
             for n, rec in enumerate(todo):
                 bars.start_series(rec.stem)
                 t0 = time.perf_counter()
                 future = pending
-                pending = submit(todo[n + 1]) if n + 1 < len(todo) and pool is not None else None
+                pending = submit_read(todo[n + 1]) if n + 1 < len(todo) and reader is not None else None
+                volume = seg = None
                 try:
                     volume = future.result()
-                    future = None
-                    rec.outputs = segment_series(volume, rec, models, out_dir / rec.stem, options, progress=bars.step)
-                    rec.status, rec.reason = "done", ""
-                except MedsegError as exc:
-                    rec.status, rec.reason = "failed", str(exc)
-                    log.warning("%s: %s", rec.stem, exc)
-                except MemoryError:
-                    rec.status = "failed"
-                    rec.reason = "out of memory; use a coarser --spacing, no --probabilities, or fewer models"
-                    log.warning("%s: %s", rec.stem, rec.reason)
-                except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    rec.status, rec.reason = "failed", f"{type(exc).__name__}: {first}"[:500]
-                    log.warning("%s failed: %s", rec.stem, rec.reason)
-                    log.debug("%s", traceback.format_exc())
+                    series_dir = out_dir / rec.stem
+                    prepare_series_dir(series_dir)
+                    _fill_record(rec, volume)
+                    seg = segment_volume(volume, models, options.inference, progress=bars.step)
+                    timings = {"segment_s": round(time.perf_counter() - t0, 3)}
+                    collect_write(bars)  # the previous series' outputs must be out before the next write
+                    in_write = (rec, _submit(writer, write_series_outputs, volume, seg, rec, models, series_dir,
+                                             options, timings), t0)
+                except Exception as exc:  # noqa: BLE001 - reading/segmenting failed: report, go on
+                    fail(rec, exc)
+                    rec.seconds = round(time.perf_counter() - t0, 3)
+                    write_manifest(out_dir, records, header, unreadable, options.shard)
+                    bars.series_finished()
                 finally:
-                    volume = None  # noqa: F841 - free the array before the next series
-                rec.seconds = round(time.perf_counter() - t0, 3)
+                    volume = seg = None  # noqa: F841 - the writer holds its own references
                 if pending is None and n + 1 < len(todo):
-                    pending = submit(todo[n + 1])
-                write_manifest(out_dir, records, header, unreadable, options.shard)
-                bars.series_finished()
+                    pending = submit_read(todo[n + 1])
+                if writer is None:
+                    collect_write(bars)
+            collect_write(bars)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (reader, writer):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         header["finished"] = _now()
         write_manifest(out_dir, records, header, unreadable, options.shard)
     return BatchResult(out_dir=out_dir, manifest_path=manifest, records=records, unreadable_files=unreadable)
+
+
+def _submit(pool: cf.ThreadPoolExecutor | None, fn: Any, *args: Any) -> cf.Future:
+    """`pool.submit`, or run now and return a finished future when there is no pool."""
+    if pool is not None:
+        return pool.submit(fn, *args)
+    fut: cf.Future = cf.Future()
+    try:
+        fut.set_result(fn(*args))
+    except BaseException as exc:  # noqa: BLE001 - delivered through the future like the pool does
+        fut.set_exception(exc)
+    return fut
 
 
 def _options_dict(options: BatchOptions) -> dict[str, Any]:

@@ -292,6 +292,7 @@ def compare_with_float(
     opts = InferenceOptions(device="cpu")
 
     def timed(m: LoadedModel) -> tuple[float, np.ndarray]:
+        segment_volume(volume, [m], opts)  # warm-up: lazy initialisation is not the model's speed
         best, out = float("inf"), None
         for _ in range(max(1, repeats)):
             t0 = time.perf_counter()

@@ -85,6 +85,14 @@ def test_tta_and_ensemble_of_equivariant_models(ct_small, threshold_model):
     assert dice(mixed == 1, ref == 1) > 0.97
 
 
+def test_bf16_precision(ct_small, threshold_model):
+    ref = segment_volume(ct_small, [threshold_model]).array
+    bf16 = segment_volume(ct_small, [threshold_model], InferenceOptions(precision="bf16")).array
+    assert dice(bf16 == 1, ref == 1) > 0.99
+    with pytest.raises(InputError, match="unknown precision"):
+        segment_volume(ct_small, [threshold_model], InferenceOptions(precision="fp8"))
+
+
 def test_probabilities_match_labels(ct_small, threshold_model):
     seg = segment_volume(ct_small, [threshold_model], InferenceOptions(probabilities=True))
     p = seg.meta["probabilities"]
