@@ -652,6 +652,10 @@ def segment_batch(
         for pool in (reader, writer):
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+        fut_w = in_write[1] if in_write is not None else None
+        if fut_w is not None and fut_w.done() and not fut_w.cancelled() and fut_w.exception() is None:
+            # interrupted while the last series was being written: it did finish
+            in_write[0].status, in_write[0].outputs = "done", in_write[1].result()
         header["finished"] = _now()
         write_manifest(out_dir, records, header, unreadable, options.shard)
     return BatchResult(out_dir=out_dir, manifest_path=manifest, records=records, unreadable_files=unreadable)
