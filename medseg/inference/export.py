@@ -157,7 +157,10 @@ def _export_onnx(net: Any, example: Any, out_path: Path, quantize: str | None, o
     with warnings.catch_warnings(), atomic_path(float_path, suffix=".onnx") as tmp:
         # instance norm uses each input's statistics at inference too: the warning is expected
         warnings.filterwarnings("ignore", message=".*instance_norm.*train=True.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
+        warnings.filterwarnings("ignore", message="Constant folding")
+        # the size checks traced as constants are right: the export has a fixed input shape
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter: no onnxscript needed
         try:
             torch.onnx.export(
                 net, (example,), str(tmp), input_names=["image"], output_names=["logits"],
