@@ -177,6 +177,19 @@ def class_map_from_checkpoint(ckpt_path: str | os.PathLike[str]) -> dict[int, in
     return mapping
 
 
+def single_structure_classes(ckpt_path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Classes made of one structure (largest-component post-processing is safe for them).
+
+    A class mapped from several label values (``kidneys: [2, 3]``) is several organs; keeping
+    its largest component would delete one kidney.
+    """
+    mapping = class_map_from_checkpoint(ckpt_path)
+    sources: dict[int, int] = {}
+    for cls in mapping.values():
+        sources[cls] = sources.get(cls, 0) + 1
+    return tuple(sorted(c for c, n in sources.items() if n == 1))
+
+
 def reference_on_grid(reference: Volume, target: Volume, value_to_class: dict[int, int]) -> Volume:
     """Remap reference label values to classes and put them on `target`'s grid.
 
@@ -281,7 +294,12 @@ def run_demo(
         dicom_seg = False
         res.missing.append("medseg.io.seg (DICOM SEG writer): no seg.dcm written")
     options = BatchOptions(
-        inference=InferenceOptions(device=device, largest_component=True, fill_holes=True),
+        inference=InferenceOptions(
+            device=device,
+            largest_component=True,
+            largest_component_labels=single_structure_classes(res.checkpoint),
+            fill_holes=True,
+        ),
         min_slices=5,
         dicom_seg=dicom_seg,
         progress=progress,

@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
         sw_batch_size: int = typer.Option(None, min=1, help="Windows per forward pass (default: checkpoint's)."),
         tta: bool = typer.Option(False, "--tta", help="Flip test-time augmentation (4× slower)."),
         largest_component: bool = typer.Option(False, "--largest-component", help="Keep the largest component of each label."),
+        lcc_labels: str = typer.Option(
+            None, help="With --largest-component: only these label values, comma-separated (e.g. 1,2,4; not paired organs)."
+        ),
         fill_holes: bool = typer.Option(False, "--fill-holes", help="Fill enclosed holes of each label."),
         probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities (large)."),
         spacing: tuple[float, float, float] = typer.Option(
@@ -60,6 +63,7 @@ def register(app: typer.Typer) -> None:
             precision=precision,
             tta=tta,
             largest_component=largest_component,
+            largest_component_labels=_int_list(lcc_labels) if lcc_labels else None,
             fill_holes=fill_holes,
             probabilities=probabilities,
             spacing_mm=tuple(spacing) if spacing else None,
@@ -97,3 +101,12 @@ def register(app: typer.Typer) -> None:
         )
         if not result.ok:
             raise typer.Exit(code=1)
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    from medseg.errors import InputError
+
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise InputError(f"--lcc-labels {text!r}: expected comma-separated label values, e.g. 1,2,4") from None

@@ -54,6 +54,8 @@ class InferenceOptions:
             ``"auto"`` (= fp32 on CPU, `amp` on CUDA).
         tta: flip test-time augmentation (4 forward passes per model: identity + a flip per axis).
         largest_component: keep only the largest connected component of each label.
+        largest_component_labels: restrict that to these label values (None = all labels); leave
+            out labels made of several structures (e.g. "kidneys" = left + right).
         fill_holes: fill enclosed holes of each label.
         probabilities: also return per-class probabilities on the original grid
             (``result.meta["probabilities"]``, float32 ``(X, Y, Z, C)``).
@@ -72,6 +74,7 @@ class InferenceOptions:
     precision: str = "auto"
     tta: bool = False
     largest_component: bool = False
+    largest_component_labels: tuple[int, ...] | None = None
     fill_holes: bool = False
     probabilities: bool = False
     spacing_mm: tuple[float, float, float] | None = None
@@ -657,7 +660,8 @@ def segment_volume(
         from medseg.inference.postprocess import fill_holes, keep_largest_component
 
         if options.largest_component:
-            labels = keep_largest_component(labels)
+            only = list(options.largest_component_labels) if options.largest_component_labels is not None else None
+            labels = keep_largest_component(labels, only)
         if options.fill_holes:
             labels = fill_holes(labels)
         report("postprocess", 1, 1)

@@ -184,3 +184,13 @@ def test_resampling_shortcuts_agree_with_full_trilinear():
     torch.testing.assert_close(sep, gs, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(inside_sep.numpy(), inside_gs.numpy())
     np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
+
+
+def test_largest_component_restricted_to_some_labels():
+    lab = np.zeros((20, 10, 10), np.uint8)
+    lab[1:4, 2:5, 2:5] = 1
+    lab[10:12, 2:4, 2:4] = 1  # second liver piece: removed
+    lab[1:4, 6:9, 6:9] = 2
+    lab[14:17, 6:9, 6:9] = 2  # other kidney: kept when label 2 is excluded
+    out = keep_largest_component(lab, [1])
+    assert out[10, 2, 2] == 0 and out[15, 7, 7] == 2 and out[2, 7, 7] == 2
