@@ -32,6 +32,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({exc})") from exc
+    if isinstance(parsed, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            parsed = float(parsed)
+        except ValueError:
+            pass
     return parts, parsed
 
 

@@ -227,6 +227,11 @@ class ModelConfig(_Strict):
         default_factory=lambda: [256, 128, 64, 32, 16], description="Channels of the 5 decoder stages, deepest first."
     )
     norm: Literal["instance", "batch", "group"] = Field("instance", description="Normalisation of the decoder/context layers.")
+    encoder_norm: Literal["batch", "instance"] = Field(
+        "batch",
+        description="Normalisation in the ResNet encoder: 'batch' (MedicalNet's) or 'instance' (per-image statistics, "
+        "robust to contrast shifts; MedicalNet running statistics are then skipped).",
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in the decoder.")
     deep_supervision: bool = Field(False, description="Auxiliary losses at the /2 and /4 decoder stages.")
     pretrained: str | None = Field(

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import (
+    BorderPadd,
     Compose,
     CropForegroundd,
     EnsureTyped,
@@ -215,9 +216,11 @@ def augmentation_transforms(aug: Any, keys: tuple[str, str] = ("image", "label")
                         padding_mode="zeros", keep_size=True)
         )
     if aug.scale.prob > 0:
+        # "nearest-exact", not torch's legacy "nearest": the latter samples half a voxel off the
+        # linear modes' grid, so a zoomed label no longer matches the zoomed image
         steps.append(
             RandZoomd(keys=both, prob=aug.scale.prob, min_zoom=1 - aug.scale.range, max_zoom=1 + aug.scale.range,
-                      mode=["trilinear", "nearest"], padding_mode="constant", keep_size=True)
+                      mode=["trilinear", "nearest-exact"], padding_mode="constant", keep_size=True)
         )
     if aug.elastic.prob > 0:
         steps.append(
@@ -238,7 +241,7 @@ def augmentation_transforms(aug: Any, keys: tuple[str, str] = ("image", "label")
 def training_transforms(cfg: Any) -> tuple[Compose, Compose]:
     """``(cached, random)`` transform chains of training for a `WorkflowConfig`.
 
-    ``cached`` (deterministic: load, preprocess, crop to the body, pad to the patch size,
+    ``cached`` (deterministic: load, preprocess, crop to the body, pad by half a patch,
     precompute foreground/background indices) runs once per case inside ``CacheDataset``;
     ``random`` (patch sampling + augmentation) runs on every draw.
     """
@@ -252,6 +255,10 @@ def training_transforms(cfg: Any) -> tuple[Compose, Compose]:
     if cfg.preprocessing.crop_foreground:
         cached.append(CropForegroundd(keys=keys, source_key="image", select_fn=_foreground_selector, margin=4, allow_smaller=True))
     cached += [
+        # half a patch of zeros (air / MR background) around each case: patch centres can then reach
+        # every voxel, so the body appears at varied positions and cut at varied borders in the
+        # patches, as in the sliding windows of inference on larger fields of view
+        BorderPadd(keys=keys, spatial_border=[p // 2 for p in patch], value=0),
         SpatialPadd(keys=keys, spatial_size=patch),
         FgBgToIndicesd(keys="label", fg_postfix="_fg", bg_postfix="_bg", image_key="image", image_threshold=0.0),
         EnsureTyped(keys=keys, track_meta=False),

@@ -32,8 +32,9 @@ def predict_native(
         logits = sliding_window_inference(
             image[None].to(device), roi_size=roi_size, sw_batch_size=sw_batch_size, predictor=model, overlap=overlap, mode="gaussian"
         )
-    probs = torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].cpu()
-    probs = MetaTensor(probs, affine=torch.as_tensor(image.affine).clone())
+    if isinstance(logits, MetaTensor):
+        logits = logits.as_tensor()
+    probs = MetaTensor(torch.softmax(logits.float(), dim=1)[0].cpu(), affine=torch.tensor(np.asarray(image.affine), dtype=torch.float64))
     target = MetaTensor(torch.zeros((1, *native_shape)), affine=torch.as_tensor(native_affine, dtype=torch.float64))
     native = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probs, img_dst=target)
     return torch.argmax(torch.as_tensor(native), dim=0).numpy().astype(np.uint8)

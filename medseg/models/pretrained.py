@@ -90,6 +90,7 @@ def load_pretrained_encoder(model: nn.Module, path: str | os.PathLike[str]) -> P
         )
     bad_shape = [f"{k}: file {tuple(mapped[k].shape)} vs model {tuple(target[k].shape)}" for k in matched if mapped[k].shape != target[k].shape]
     missing = [k for k in target if k not in mapped and not k.endswith("num_batches_tracked")]
+    # an instance-norm encoder has no running statistics: the file's are skipped (counted below)
     if bad_shape or missing:
         details = "; ".join(bad_shape[:3]) if bad_shape else f"missing {', '.join(missing[:3])}"
         raise CheckpointError(

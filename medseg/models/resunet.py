@@ -78,7 +78,10 @@ class ResUNet3D(nn.Module):
         decoder_channels: channels of the five decoder stages, deepest first (``/16 … /1``).
         norm: normalisation of the new (non-encoder) layers: ``"instance" | "batch" | "group"``
             (with "instance", the context module uses group norm: its maps can be 1 voxel).
-            The encoder keeps batch norm (MedicalNet's).
+        encoder_norm: normalisation inside the ResNet encoder: ``"batch"`` (MedicalNet's; its
+            running statistics load from pretrained files) or ``"instance"`` (per-image statistics,
+            more robust to scanner/contrast shifts; pretrained files then load convolutions and
+            affine norm weights, their running statistics are skipped).
         dropout: dropout probability in the decoder's residual units.
         deep_supervision: add auxiliary heads at the ``/2`` and ``/4`` decoder stages.
     """
@@ -95,6 +98,7 @@ class ResUNet3D(nn.Module):
         aspp_channels: int = 64,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         norm: str = "instance",
+        encoder_norm: str = "batch",
         dropout: float = 0.0,
         deep_supervision: bool = False,
     ) -> None:
@@ -122,6 +126,7 @@ class ResUNet3D(nn.Module):
             shortcut_type=shortcut_type or MEDICALNET_SHORTCUT[encoder],
             bias_downsample=False,
             feed_forward=False,
+            norm=("instance", {"affine": True}) if encoder_norm == "instance" else encoder_norm,
         )
         exp = block.expansion  # type: ignore[attr-defined]
         # channels of the stem, layer1..layer4 outputs
