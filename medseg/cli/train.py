@@ -7,6 +7,14 @@ from pathlib import Path
 import typer
 
 
+def _help_config(value: bool) -> None:
+    if value:
+        from medseg.config import describe_config
+
+        typer.echo(describe_config())
+        raise typer.Exit()
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
@@ -17,6 +25,9 @@ def register(app: typer.Typer) -> None:
             [], "--set", help="Override a config value, e.g. --set training.epochs=5 (repeatable; value parsed as YAML)."
         ),
         nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N processes (DistributedDataParallel; gloo on CPU, NCCL on GPU)."),
+        help_config: bool = typer.Option(
+            False, "--help-config", callback=_help_config, is_eager=True, help="List every workflow option with its default and exit."
+        ),
     ) -> None:
         """Train a segmentation model from a YAML workflow; writes checkpoints, logs and metrics to the run folder.
 

@@ -4,7 +4,7 @@
 each field documented.
 """
 
-from medseg.config.loading import apply_overrides, dump_config, load_workflow, parse_override, resolve_path, validate_config
+from medseg.config.loading import apply_overrides, describe_config, dump_config, load_workflow, parse_override, resolve_path, validate_config
 from medseg.config.schema import (
     AugmentationConfig,
     CaseConfig,
@@ -30,6 +30,7 @@ __all__ = [
     "TrainingConfig",
     "WorkflowConfig",
     "apply_overrides",
+    "describe_config",
     "dump_config",
     "load_workflow",
     "parse_override",

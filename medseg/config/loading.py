@@ -56,28 +56,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return raw
 
 
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field annotation (``X``, ``list[X]``, ``X | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model class that holds the field at `loc` (its last element)."""
-    model: Any = WorkflowConfig
+    model: type[BaseModel] | None = WorkflowConfig
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return None
-        ann = field.annotation
-        # unwrap list[X] / X | None to X
-        for arg in (*getattr(ann, "__args__", ()), ann):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                model = arg
-                break
-            for inner in getattr(arg, "__args__", ()):
-                if isinstance(inner, type) and issubclass(inner, BaseModel):
-                    model = inner
-                    break
-        else:
-            return None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        field = model.model_fields.get(part) if model is not None else None
+        model = _submodel(field.annotation) if field is not None else None
+    return model
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:
@@ -188,3 +186,26 @@ def load_workflow(
 def dump_config(cfg: WorkflowConfig) -> str:
     """The resolved config as YAML (saved as ``<run>/config.yaml``)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def describe_config() -> str:
+    """Every workflow option with its type, default and description (``medseg train --help-config``)."""
+    from pydantic_core import PydanticUndefined
+
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str, depth: int) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            sub = _submodel(field.annotation)
+            if sub is not None:
+                lines.append(f"{'  ' * depth}{key}{'[]' if 'list' in str(field.annotation) else ''}:  {field.description}")
+                walk(sub, f"{key}[]." if "list" in str(field.annotation) else f"{key}.", depth + 1)
+                continue
+            default = "required" if field.default is PydanticUndefined and field.default_factory is None else (
+                f"default {field.default_factory() if field.default_factory else field.default!r}"
+            )
+            lines.append(f"{'  ' * depth}{key} ({default}):  {field.description}")
+
+    walk(WorkflowConfig, "", 0)
+    return "\n".join(lines)

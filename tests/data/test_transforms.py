@@ -170,3 +170,18 @@ def test_nnunet_folder(tmp_path, sample):
     shutil.copy(sample("ct_small"), tmp_path / "imagesTr" / "case2_0000.nii.gz")
     with pytest.raises(InputError, match="no label"):
         read_nnunet_folder(tmp_path)
+
+
+@pytest.mark.slow
+def test_dicom_seg_labels_load_like_their_nifti(sample, tmp_path):
+    from medseg.io.dicom import read_dicom_series
+    from medseg.io.seg import write_dicom_seg
+
+    image, from_nifti = load_case_volumes(sample("ct_dicom"), sample("ct_dicom_seg"), TS_MAP, "background")
+    series = read_dicom_series(sample("ct_dicom"))
+    raw = np.zeros(image.shape, np.uint8)  # back to TotalSegmentator values, only the mapped ones
+    for value, cls in {5: 1, 1: 2, 6: 4}.items():
+        raw[from_nifti.array == cls] = value
+    seg_path = write_dicom_seg(raw, series, {5: "liver", 1: "spleen", 6: "stomach"}, tmp_path / "seg.dcm")
+    _, from_seg = load_case_volumes(sample("ct_dicom"), seg_path, TS_MAP, "error")
+    assert np.array_equal(from_seg.array, from_nifti.array)

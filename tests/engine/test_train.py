@@ -109,6 +109,8 @@ def test_cli_train_reports_config_errors(tmp_path):
     result = CliRunner().invoke(app, ["train", str(SMOKE), "--set", "training.epoch=2"])
     assert result.exit_code != 0
     assert "did you mean 'epochs'" in str(result.exception)
+    listing = CliRunner().invoke(app, ["train", "--help-config"])
+    assert listing.exit_code == 0 and "augmentation.elastic.prob (default 0.2)" in listing.output
 
 
 @pytest.mark.dist
@@ -121,3 +123,23 @@ def test_two_process_ddp_on_cpu(tmp_path):
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert len(ckpt.training_state["rng"]) == 2  # one RNG state per rank
     assert "2 processes" in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_fine_tuning_freezes_then_unfreezes_the_pretrained_encoder(smoke_run, tmp_path):
+    pretrained = smoke_run / "checkpoints" / "best.pt"
+    donor = load_checkpoint(pretrained).state_dict
+    ov = _overrides(tmp_path, f"model.pretrained={pretrained}", "optim.freeze_encoder_epochs=1", "optim.encoder_lr=0.0005",
+                    "training.epochs=2", "training.val_every=5", "data.validation=[]")
+    run = train(SMOKE, overrides=[*ov, "training.stop_after_epoch=1"], device="cpu")
+    after_frozen = load_checkpoint(run / "checkpoints" / "last.pt").state_dict
+    enc = [k for k in donor if k.startswith("encoder.")]
+    assert enc and all(torch.equal(after_frozen[k], donor[k]) for k in enc)  # weights and BN statistics kept
+    assert not all(torch.equal(after_frozen[k], donor[k]) for k in donor if not k.startswith("encoder."))
+    assert "pretrained encoder" in (run / "train.log").read_text()
+    train(SMOKE, overrides=ov, device="cpu", resume=True)
+    unfrozen = load_checkpoint(run / "checkpoints" / "last.pt").state_dict
+    assert not torch.equal(unfrozen["encoder.conv1.weight"], donor["encoder.conv1.weight"])
+    rows = read_epoch_log(run / "metrics.csv")
+    assert [r["encoder_frozen"] for r in rows] == [1, 0]
+    assert rows[0]["encoder_lr"] / rows[0]["lr"] == pytest.approx(0.0005 / 0.003)
