@@ -191,6 +191,27 @@ class NoiseAug(_Strict):
     std: float = Field(0.02, ge=0, description="Noise standard deviation (normalised units).")
 
 
+class ContrastAug(_Strict):
+    """RandAdjustContrastd: gamma curve ``x ← ((x − min)/(max − min))^γ · (max − min) + min`` per patch.
+
+    γ < 1 brightens mid-range intensities (soft tissue) while air and bone keep their values:
+    the change that intravenous contrast makes to liver and spleen between scans.
+    """
+
+    prob: float = Field(0.0, ge=0, le=1, description="Probability per patch.")
+    gamma_range: tuple[float, float] = Field((0.7, 1.5), description="Range of γ (uniform).")
+
+
+class SmoothAug(_Strict):
+    """RandGaussianSmoothd: Gaussian blur with a random sigma per axis (voxels).
+
+    Mimics scans reconstructed with a softer kernel or thicker slices than the training scans.
+    """
+
+    prob: float = Field(0.0, ge=0, le=1, description="Probability per patch.")
+    sigma_range: tuple[float, float] = Field((0.25, 1.0), description="Range of the blur sigma in voxels (per axis, uniform).")
+
+
 class AugmentationConfig(_Strict):
     """Random augmentation of training patches (each with its own probability; prob 0 disables)."""
 
@@ -201,6 +222,8 @@ class AugmentationConfig(_Strict):
     intensity_shift: IntensityShiftAug = Field(default_factory=IntensityShiftAug, description="Intensity offset.")
     intensity_scale: IntensityScaleAug = Field(default_factory=IntensityScaleAug, description="Intensity scaling.")
     noise: NoiseAug = Field(default_factory=NoiseAug, description="Gaussian noise.")
+    contrast: ContrastAug = Field(default_factory=ContrastAug, description="Gamma contrast (RandAdjustContrastd).")
+    smooth: SmoothAug = Field(default_factory=SmoothAug, description="Gaussian blur (RandGaussianSmoothd).")
 
 
 # ------------------------------------------------------------------------------------- model
@@ -294,6 +317,12 @@ class TrainingConfig(_Strict):
         "continue with --resume.",
     )
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads for CPU training (null = torch's default).")
+    val_largest_component: list[str] = Field(
+        default_factory=list,
+        description="Classes (names from data.labels) reduced to their largest connected component before the "
+        "validation metrics, as `medseg segment --largest-component` would; leave out classes made of several "
+        "structures (e.g. kidneys).",
+    )
 
     @field_validator("patch_size")
     @classmethod
@@ -326,3 +355,13 @@ class WorkflowConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and schedule.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training loop.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Outputs.")
+
+    @model_validator(mode="after")
+    def _known_classes(self) -> WorkflowConfig:
+        unknown = [n for n in self.training.val_largest_component if n not in self.data.labels]
+        if unknown:
+            raise ValueError(
+                f"training.val_largest_component names {unknown}, which are not classes of data.labels "
+                f"(classes: {list(self.data.labels)})"
+            )
+        return self

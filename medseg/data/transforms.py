@@ -34,8 +34,10 @@ from monai.transforms import (
     Orientationd,
     Rand3DElasticd,
     RandCropByPosNegLabeld,
+    RandAdjustContrastd,
     RandFlipd,
     RandGaussianNoised,
+    RandGaussianSmoothd,
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -204,7 +206,7 @@ def augmentation_transforms(aug: Any, keys: tuple[str, str] = ("image", "label")
 
     Spatial steps move image and label together (image bilinear, label nearest): rotation
     (RandRotated), zoom (RandZoomd), elastic deformation (Rand3DElasticd), flips (RandFlipd).
-    Intensity steps touch the image only: shift, scale, Gaussian noise.
+    Intensity steps touch the image only: shift, scale, gamma contrast, Gaussian blur, Gaussian noise.
     """
     image_key, label_key = keys
     both = [image_key, label_key]
@@ -233,6 +235,11 @@ def augmentation_transforms(aug: Any, keys: tuple[str, str] = ("image", "label")
         steps.append(RandShiftIntensityd(keys=image_key, offsets=aug.intensity_shift.offset, prob=aug.intensity_shift.prob))
     if aug.intensity_scale.prob > 0:
         steps.append(RandScaleIntensityd(keys=image_key, factors=aug.intensity_scale.factor, prob=aug.intensity_scale.prob))
+    if aug.contrast.prob > 0:
+        steps.append(RandAdjustContrastd(keys=image_key, prob=aug.contrast.prob, gamma=tuple(aug.contrast.gamma_range)))
+    if aug.smooth.prob > 0:
+        sigma = tuple(aug.smooth.sigma_range)
+        steps.append(RandGaussianSmoothd(keys=image_key, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=aug.smooth.prob))
     if aug.noise.prob > 0:
         steps.append(RandGaussianNoised(keys=image_key, std=aug.noise.std, prob=aug.noise.prob))
     return steps

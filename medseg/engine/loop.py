@@ -100,6 +100,7 @@ def run_training(cfg: WorkflowConfig, run_dir: Path, resume: bool, ctx: DistCont
 
     # ---- data
     class_names = cfg.data.class_names()
+    lcc_classes = [c for c, n in class_names.items() if n in tcfg.val_largest_component]
     train_cases, val_cases = resolve_cases(cfg)
     cached_tf, random_tf = training_transforms(cfg)
     train_ds = CacheDataset(train_cases, transform=cached_tf, cache_rate=cfg.data.cache_rate, num_workers=1, progress=False)
@@ -235,7 +236,9 @@ def run_training(cfg: WorkflowConfig, run_dir: Path, resume: bool, ctx: DistCont
                 mean_dice = math.nan
                 if ctx.is_main:
                     progress.status("validating")
-                    mean_dice, rows = validate(model, val_ds, class_names, tcfg.patch_size, tcfg.val_overlap, tcfg.sw_batch_size, device, use_amp)
+                    mean_dice, rows = validate(
+                        model, val_ds, class_names, tcfg.patch_size, tcfg.val_overlap, tcfg.sw_batch_size, device, use_amp, lcc_classes
+                    )
                     row |= {"val_mean_dice": mean_dice, **per_label_summary(rows, class_names)}
                 mean_dice = broadcast_float(mean_dice, ctx)
                 improved = not math.isnan(mean_dice) and mean_dice > best_dice

@@ -42,9 +42,12 @@ def predict_native(
 
 def validate(
     model: nn.Module, dataset: Any, class_names: dict[int, str], roi_size: list[int], overlap: float,
-    sw_batch_size: int, device: torch.device, amp: bool,
+    sw_batch_size: int, device: torch.device, amp: bool, largest_component: list[int] | None = None,
 ) -> tuple[float, list[dict[str, Any]]]:
     """Evaluate `model` on every case of `dataset` (items of `validation_transforms`).
+
+    ``largest_component``: classes reduced to their largest connected component before scoring
+    (the post-processing of `medseg.inference.postprocess`, as ``medseg segment`` applies it).
 
     Returns:
         ``(mean_dice, rows)``: the mean Dice over (case, label) pairs whose label is present in the
@@ -60,6 +63,11 @@ def validate(
             gt = np.asarray(item["label_native"])
             affine = np.asarray(item["native_affine"])
             pred = predict_native(model, item["image"], affine, gt.shape, roi_size, overlap, sw_batch_size, device, amp)
+            if largest_component:
+                # the same function inference uses (imported here: inference sits above the engine)
+                from medseg.inference.postprocess import keep_largest_component
+
+                pred = keep_largest_component(pred, list(largest_component))
             spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
             for row in evaluate_case(gt, pred, spacing, labels=class_names):
                 row["case"] = item.get("name", str(i))
