@@ -53,6 +53,7 @@ __all__ = [
     "LoadCased",
     "PercentileZScored",
     "augmentation_transforms",
+    "intensity_transform",
     "preprocessing_transforms",
     "training_transforms",
     "validation_transforms",
@@ -117,7 +118,8 @@ class PercentileZScored(MapTransform):
         return d
 
 
-def _intensity_transform(plan: dict[str, Any], image_key: str) -> MapTransform:
+def intensity_transform(plan: dict[str, Any], image_key: str) -> MapTransform:
+    """The plan's intensity normalisation (CT window or MR percentile z-score) as a dict transform."""
     intensity = plan.get("intensity") or {}
     kind = intensity.get("kind")
     if kind == "ct_window":
@@ -144,7 +146,7 @@ def preprocessing_transforms(plan: dict[str, Any], image_key: str = "image", lab
     if plan.get("spacing_mm"):
         modes = ["bilinear"] + (["nearest"] if label_key else [])
         steps.append(Spacingd(keys=keys, pixdim=[float(s) for s in plan["spacing_mm"]], mode=modes, dtype=np.float32))
-    steps.append(_intensity_transform(plan, image_key))
+    steps.append(intensity_transform(plan, image_key))
     return Compose(steps)
 
 

@@ -162,18 +162,64 @@ def estimate_memory_bytes(volume: Volume, models: list[LoadedModel], options: In
 def preprocess_for_model(volume: Volume, plan: dict[str, Any]) -> tuple[Any, np.ndarray]:
     """Apply a checkpoint's preprocessing plan to `volume`.
 
+    The result equals MONAI's chain (`medseg.data.transforms.preprocessing_transforms`, the one
+    training used; a test checks it): MONAI computes the output grid lazily (``lazy=True``: no
+    voxel is touched), then, where that grid is axis-aligned with the input (always after
+    Orientation + Spacing), the voxels are resampled by three separable linear interpolations in
+    the array's memory order (`resample_image_linear`: 0.7 s instead of MONAI's 2.3 s for a
+    512×512×300 CT on 2 loaded cores). Other grids run MONAI's chain.
+
     Returns:
         ``(image, affine)``: a float32 tensor ``(1, 1, X, Y, Z)`` and its voxel→RAS affine.
     """
     import torch
 
-    from medseg.data.transforms import preprocessing_transforms, volume_to_metatensor
+    from medseg.data.transforms import intensity_transform, preprocessing_transforms, volume_to_metatensor
 
     chain = preprocessing_transforms(plan, image_key="image", label_key=None)
+    geometry = _planned_grid(volume, chain) if plan.get("spacing_mm") else None
+    resampled = resample_image_linear(np.asarray(volume.array), volume.affine, *geometry) if geometry else None
+    if resampled is not None:
+        from monai.data import MetaTensor
+
+        dst_affine = np.asarray(geometry[0], dtype=np.float64)  # type: ignore[index]
+        image = MetaTensor(resampled[None], affine=torch.as_tensor(dst_affine))
+        out = intensity_transform(plan, "image")({"image": image})["image"]
+        tensor = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
+        return tensor.float().unsqueeze(0).contiguous(), dst_affine
     out = chain({"image": volume_to_metatensor(volume)})["image"]
     affine = np.asarray(out.affine.detach().cpu().numpy() if hasattr(out, "affine") else volume.affine, dtype=np.float64)
     tensor = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
     return tensor.float().unsqueeze(0).contiguous(), affine
+
+
+def _planned_grid(volume: Volume, chain: Any) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """Output ``(affine, shape)`` of the chain's spatial transforms, computed lazily by MONAI.
+
+    Runs the chain's leading lazy-capable transforms (Orientation, Spacing) with ``lazy=True``
+    on a MetaTensor that shares the volume's memory: MONAI only records the pending
+    operations, whose combined affine and shape are read back. None when MONAI cannot say.
+    """
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms.traits import LazyTrait
+
+    # a zero-stride stand-in of the volume's shape: lazy transforms read only shape and affine
+    data = {"image": MetaTensor(torch.zeros(1).expand(1, *volume.shape), affine=torch.as_tensor(volume.affine, dtype=torch.float64))}
+    try:
+        for t in chain.transforms:
+            if not isinstance(t, LazyTrait):
+                break
+            data = t(data, lazy=True)
+        img = data["image"]
+        if not img.pending_operations:
+            return None
+        shape = tuple(int(n) for n in img.peek_pending_shape())
+        affine = np.asarray(img.peek_pending_affine(), dtype=np.float64)
+    except Exception:  # an older/newer MONAI without this API: use the chain as it is
+        log.debug("lazy grid computation failed; using MONAI's resampling", exc_info=True)
+        return None
+    return affine, shape  # type: ignore[return-value]
 
 
 def count_windows(shape: tuple[int, ...], roi_size: tuple[int, ...], overlap: float, sw_batch_size: int) -> int:
@@ -310,6 +356,61 @@ def _axis_aligned(m: np.ndarray, tol: float = 1e-6) -> list[int] | None:
     return [int(np.argmax(block[:, a])) for a in range(3)]
 
 
+def _linear_maps(m: np.ndarray, perm: list[int], src_shape: tuple[int, ...], dst_shape: tuple[int, ...]) -> list[tuple[Any, ...]]:
+    """Per destination axis a: ``(i0, i1, w, inside)`` of the 1-D linear interpolation along
+    source axis ``perm[a]`` (``m = inv(A_src) @ A_dst``), coordinates clamped to the source
+    (border padding); ``inside`` flags destination voxels within one source voxel of the grid."""
+    import torch
+
+    maps = []
+    for a, p in enumerate(perm):
+        n_src = src_shape[p]
+        c = m[p, a] * np.arange(dst_shape[a], dtype=np.float64) + m[p, 3]
+        inside = torch.as_tensor((c >= -1.0) & (c <= n_src))
+        c = np.clip(c, 0.0, n_src - 1)
+        i0 = np.minimum(np.floor(c).astype(np.int64), n_src - 1)
+        i1 = np.minimum(i0 + 1, n_src - 1)
+        w = torch.as_tensor(c - i0, dtype=torch.float32)
+        maps.append((torch.as_tensor(i0), torch.as_tensor(i1), w, inside))
+    return maps
+
+
+def resample_image_linear(
+    array: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: tuple[int, int, int]
+) -> Any:
+    """Trilinear resampling of a 3-D image onto an axis-aligned grid, in the array's memory order.
+
+    Equal to ``grid_sample``/MONAI ``Spacingd`` (bilinear, border padding) on voxel centres, as
+    three 1-D interpolations. Each runs along one source axis, slowest-varying first, on the
+    array as it lies in memory (a DICOM volume is usually Fortran-ordered): no full-volume
+    transposing copy, which is most of what MONAI's resampling of a 512×512×300 CT costs
+    (``AffineTransform`` makes the input contiguous, 1.2 s, before a 0.1 s ``grid_sample``).
+
+    Returns:
+        float32 tensor of `dst_shape`, or None when the grids are not axis-aligned.
+    """
+    import torch
+
+    m = np.linalg.inv(src_affine) @ dst_affine
+    perm = _axis_aligned(m)
+    if perm is None or array.ndim != 3:
+        return None
+    maps = _linear_maps(m, perm, array.shape, dst_shape)
+    order = [int(a) for a in np.argsort([-abs(st) for st in array.strides], kind="stable")]  # slowest axis first
+    view = np.transpose(array, order)
+    if not view.flags.c_contiguous:
+        view = np.ascontiguousarray(view)
+    x = torch.from_numpy(view)
+    for dim, src_axis in enumerate(order):
+        i0, i1, w, _ = maps[perm.index(src_axis)]
+        lead = (slice(None),) * dim
+        shape = [1] * 3
+        shape[dim] = -1
+        x = torch.lerp(x[(*lead, i0)].float(), x[(*lead, i1)].float(), w.view(shape))
+    # x's axes are the source axes in `order`; destination axis a is source axis perm[a]
+    return x.permute([order.index(p) for p in perm]).contiguous()
+
+
 class _SlabSampler:
     """Trilinear resampling of ``(C, X', Y', Z')`` probabilities onto destination z-slabs.
 
@@ -335,16 +436,7 @@ class _SlabSampler:
             # source as (Z', C, X', Y') in destination axis order, and per-axis 1-D maps
             px, py, pz = (1 + p for p in self.perm)
             self.src = probs.permute(pz, 0, px, py).contiguous()
-            self.axes = []
-            for a, p in enumerate(self.perm):
-                n_src = self.src_shape[p]
-                c = m[p, a] * np.arange(dst_shape[a], dtype=np.float64) + m[p, 3]
-                inside = torch.as_tensor((c >= -1.0) & (c <= n_src))
-                c = np.clip(c, 0.0, n_src - 1)
-                i0 = np.minimum(np.floor(c).astype(np.int64), n_src - 1)
-                i1 = np.minimum(i0 + 1, n_src - 1)
-                w = torch.as_tensor(c - i0, dtype=torch.float32)
-                self.axes.append((torch.as_tensor(i0), torch.as_tensor(i1), w, inside))
+            self.axes = _linear_maps(m, self.perm, self.src_shape, self.dst_shape)
 
     def cell_maps(self) -> tuple[Any, Any]:
         """Source argmax ``(Z', X', Y')`` and whether each cell's 8 corners share it (cached)."""

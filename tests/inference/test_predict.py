@@ -194,3 +194,33 @@ def test_largest_component_restricted_to_some_labels():
     lab[14:17, 6:9, 6:9] = 2  # other kidney: kept when label 2 is excluded
     out = keep_largest_component(lab, [1])
     assert out[10, 2, 2] == 0 and out[15, 7, 7] == 2 and out[2, 7, 7] == 2
+
+
+@pytest.mark.parametrize("spacing", [[3.0, 3.0, 3.0], [1.1, 0.7, 2.0]])
+def test_fast_preprocessing_equals_monai_chain(spacing):
+    """preprocess_for_model (lazy MONAI geometry + separable resampling) == MONAI's chain."""
+    from medseg import sample_data
+    from medseg.data.transforms import preprocessing_transforms, volume_to_metatensor
+    from medseg.inference import predict as P
+    from medseg.inference.predict import preprocess_for_model
+    from medseg.io import Volume
+    from medseg.io.dicom import read_dicom_series
+
+    plan = {"modality": "CT", "spacing_mm": spacing, "orientation": "RAS", "intensity": {"kind": "ct_window", "hu_min": -200, "hu_max": 300}}
+    rng = np.random.default_rng(0)
+    swapped = np.array([[0, 0, -2.5, 10], [1.2, 0, 0, -5], [0, -0.8, 0, 3], [0, 0, 0, 1.0]])  # permuted + flipped axes
+    noise = (rng.normal(size=(37, 41, 23)) * 300).astype(np.float32)
+    volumes = [
+        read_dicom_series(sample_data.path("ct_dicom")),  # real LPS CT, Fortran-ordered array
+        Volume(noise, swapped, {}),
+        Volume(np.asfortranarray(noise), swapped, {}),
+    ]
+    for vol in volumes:
+        chain = preprocessing_transforms(plan, label_key=None)
+        grid = P._planned_grid(vol, chain)
+        assert grid is not None and P.resample_image_linear(np.asarray(vol.array), vol.affine, *grid) is not None  # fast path taken
+        ref = chain({"image": volume_to_metatensor(vol)})["image"]
+        got, affine = preprocess_for_model(vol, plan)
+        assert tuple(got.shape[2:]) == tuple(ref.shape[1:])
+        np.testing.assert_allclose(affine, np.asarray(ref.affine), atol=1e-9)
+        torch.testing.assert_close(got[0], ref.as_tensor().float(), atol=2e-4, rtol=0)
