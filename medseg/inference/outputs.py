@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.io.atomic import atomic_path, write_text_atomic
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, count_label_values
 
 #: Display window (HU) of CT QA pictures: abdominal soft tissue.
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -29,11 +29,17 @@ def label_statistics(image: Volume, labels: np.ndarray, label_names: dict[int, s
         (intensities are NaN for an absent label).
     """
     voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
-    fg = labels != 0  # statistics over the labelled voxels only (a few % of a CT)
-    lab = labels[fg].astype(np.int64, copy=False)
+    image_array = np.asarray(image.array)
+    # both maps flattened in memory order when they share it (Fortran for DICOM/NIfTI volumes):
+    # C-order boolean indexing of Fortran arrays walks memory with a 512×512-voxel stride
+    same_layout = all(a.flags.f_contiguous for a in (labels, image_array)) or all(a.flags.c_contiguous for a in (labels, image_array))
+    order = "K" if same_layout else "C"
+    flat_labels = labels.ravel(order=order)
+    fg = flat_labels != 0  # statistics over the labelled voxels only (a few % of a CT)
+    lab = flat_labels[fg].astype(np.int64, copy=False)
     n = max(int(lab.max(initial=0)), max(label_names, default=0)) + 1
     counts = np.bincount(lab, minlength=n)
-    values = np.asarray(image.array)[fg].astype(np.float64)
+    values = image_array.ravel(order=order)[fg].astype(np.float64)
     sums = np.bincount(lab, weights=values, minlength=n)
     sq = np.bincount(lab, weights=values * values, minlength=n)
     rows = []
@@ -79,7 +85,8 @@ def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def _display_window(image: np.ndarray, modality: str | None) -> tuple[float, float]:
     if (modality or "").upper() == "CT":
         return CT_WINDOW_HU
-    sub = image.ravel()[:: max(1, image.size // 2_000_000)]
+    step = max(1, round((image.size / 2_000_000) ** (1 / 3)))
+    sub = image[::step, ::step, ::step].ravel() if image.ndim == 3 else image.ravel()
     lo, hi = np.percentile(sub, (1, 99))
     return float(lo), float(hi if hi > lo else lo + 1)
 
@@ -103,7 +110,7 @@ def write_qa_png(
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    img, spacing = _to_ras(np.asarray(image.array, dtype=np.float32), image.affine)
+    img, spacing = _to_ras(np.asarray(image.array), image.affine)  # views; slices are converted below
     lab, _ = _to_ras(labels, image.affine)
     vmin, vmax = _display_window(img, image.meta.get("modality"))
 
@@ -131,7 +138,7 @@ def write_qa_png(
             aspect = spacing[2] / spacing[0]
             label = f"coronal j={idx}"
         # rows = second axis (anterior / superior up), columns = R→L displayed left→right
-        sl, ls = np.flipud(np.fliplr(sl.T)), np.flipud(np.fliplr(ls.T))
+        sl, ls = np.flipud(np.fliplr(sl.T)).astype(np.float32), np.flipud(np.fliplr(ls.T))
         ax.imshow(sl, cmap="gray", vmin=vmin, vmax=vmax, aspect=aspect, interpolation="nearest")
         ax.imshow(
             np.ma.masked_equal(ls, 0), cmap=cmap, vmin=0, vmax=max_label, alpha=0.45,
@@ -139,7 +146,7 @@ def write_qa_png(
         )
         ax.set_title(label, fontsize=9)
         ax.set_axis_off()
-    present = [int(v) for v in np.unique(lab) if v != 0]
+    present = _present_values(lab)
     handles = [Patch(color=base[v], label=f"{v} {label_names.get(v, '?')}") for v in present[:20]]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
@@ -149,6 +156,12 @@ def write_qa_png(
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
+
+
+def _present_values(labels: np.ndarray) -> list[int]:
+    if labels.dtype.kind == "u" and labels.itemsize <= 2:
+        return [int(v) for v in np.flatnonzero(count_label_values(labels)) if v != 0]
+    return [int(v) for v in np.unique(labels) if v != 0]
 
 
 def _palette(n: int) -> np.ndarray:

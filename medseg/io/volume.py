@@ -89,7 +89,7 @@ def count_label_values(labels: np.ndarray, chunk_voxels: int = 1 << 20) -> np.nd
         labels = labels.view(np.uint8)
     if labels.dtype.kind != "u":
         raise TypeError(f"count_label_values needs an unsigned integer label map, got {labels.dtype}")
-    flat = labels.reshape(-1)
+    flat = labels.ravel(order="K")  # a view for C- and Fortran-ordered maps alike
     counts = np.zeros(1, dtype=np.int64)
     for i in range(0, flat.size, chunk_voxels):
         chunk = np.bincount(flat[i : i + chunk_voxels])
