@@ -106,3 +106,10 @@ def test_every_field_is_documented():
                     walk(t)
 
     walk(WorkflowConfig)
+
+
+def test_val_largest_component_must_name_classes():
+    cfg = load_workflow({**MINIMAL, "training": {"val_largest_component": ["liver"]}})
+    assert cfg.training.val_largest_component == ["liver"]
+    with pytest.raises(ConfigError, match=r"not classes of data.labels \(classes: \['liver'\]\)"):
+        load_workflow({**MINIMAL, "training": {"val_largest_component": ["livre"]}})

@@ -185,3 +185,24 @@ def test_dicom_seg_labels_load_like_their_nifti(sample, tmp_path):
     seg_path = write_dicom_seg(raw, series, {5: "liver", 1: "spleen", 6: "stomach"}, tmp_path / "seg.dcm")
     _, from_seg = load_case_volumes(sample("ct_dicom"), seg_path, TS_MAP, "error")
     assert np.array_equal(from_seg.array, from_nifti.array)
+
+
+@pytest.mark.parametrize("which", ["contrast", "smooth"])
+def test_intensity_only_augmentations_leave_the_label_alone(which):
+    from monai.transforms import Compose
+
+    from medseg.config.schema import AugmentationConfig
+
+    off = {k: {"prob": 0.0} for k in ("elastic", "rotate", "scale", "flip", "intensity_shift", "intensity_scale", "noise")}
+    aug = AugmentationConfig.model_validate({**off, which: {"prob": 1.0}})
+    chain = Compose(augmentation_transforms(aug))
+    chain.set_random_state(seed=3)
+    case = _blob_case(1)
+    case["image"] = case["image"] * 0.7 + torch.linspace(0, 0.3, 24)  # mid-range values for the gamma curve
+    out = chain({k: v.clone() for k, v in case.items()})
+    np.testing.assert_array_equal(np.asarray(out["label"]), case["label"].numpy())
+    changed = np.abs(np.asarray(out["image"]) - case["image"].numpy())
+    assert changed.max() > 0.01, f"{which} should change the image"
+    if which == "contrast":  # a gamma curve keeps the darkest and brightest values
+        img = np.asarray(out["image"])
+        assert np.isclose(img.min(), case["image"].numpy().min()) and np.isclose(img.max(), case["image"].numpy().max())

@@ -143,3 +143,30 @@ def test_fine_tuning_freezes_then_unfreezes_the_pretrained_encoder(smoke_run, tm
     rows = read_epoch_log(run / "metrics.csv")
     assert [r["encoder_frozen"] for r in rows] == [1, 0]
     assert rows[0]["encoder_lr"] / rows[0]["lr"] == pytest.approx(0.0005 / 0.003)
+
+
+def test_validation_keeps_the_largest_component_when_asked():
+    """An island far from the organ lowers Dice unless validation applies largest-component post-processing."""
+    import numpy as np
+    import torch
+    from monai.data import MetaTensor
+
+    from medseg.engine.validation import validate
+
+    gt = np.zeros((32, 32, 16), np.uint8)
+    gt[4:14, 4:14, 2:10] = 1
+    island = np.zeros_like(gt)
+    island[22:30, 22:30, 4:12] = 1
+
+    class Blobs(torch.nn.Module):  # "predicts" the organ plus a false-positive island, whatever the input
+        def forward(self, x):
+            fg = torch.as_tensor(np.maximum(gt, island), dtype=torch.float32)[None, None].expand(x.shape[0], 1, *x.shape[2:])
+            return torch.cat([1 - fg, fg], dim=1) * 10
+
+    item = {"image": MetaTensor(torch.zeros(1, 32, 32, 16), affine=torch.eye(4, dtype=torch.float64)),
+            "label_native": gt, "native_affine": np.eye(4), "name": "c"}
+    args = ({1: "liver"}, [32, 32, 16], 0.25, 1, torch.device("cpu"), False)
+    plain, _ = validate(Blobs(), [item], *args)
+    kept, rows = validate(Blobs(), [item], *args, largest_component=[1])
+    assert plain < 0.8 and kept == pytest.approx(1.0)
+    assert rows[0]["hd95"] == 0.0

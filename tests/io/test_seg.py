@@ -89,3 +89,22 @@ def test_empty_labels_and_errors(tmp_path, ct_and_organs, sample):
     other = Volume(np.zeros((512, 512, 20), np.int16), np.diag([0.5, 0.5, 2.0, 1.0]))
     with pytest.raises(GeometryError):
         read_dicom_seg(p, other)
+
+
+def test_label_values_present_for_every_label_dtype():
+    import numpy as np
+    import pytest
+
+    from medseg.errors import DicomError
+    from medseg.io.seg import _label_values_present
+
+    lab = np.zeros((6, 5, 4), np.uint16, order="F")
+    lab[1, 1, 1], lab[2, 2, 2] = 300, 7
+    assert _label_values_present(lab) == [7, 300]
+    assert _label_values_present(lab.astype(np.int32)) == [7, 300]
+    assert _label_values_present(lab > 0) == [1]
+    assert _label_values_present(lab.astype(np.float32)) == [7, 300]
+    with pytest.raises(DicomError, match="fractional"):
+        _label_values_present(lab.astype(np.float32) + 0.5)
+    with pytest.raises(DicomError, match=">= 0"):
+        _label_values_present(-lab.astype(np.int32))
