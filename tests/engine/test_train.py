@@ -170,3 +170,18 @@ def test_validation_keeps_the_largest_component_when_asked():
     kept, rows = validate(Blobs(), [item], *args, largest_component=[1])
     assert plain < 0.8 and kept == pytest.approx(1.0)
     assert rows[0]["hd95"] == 0.0
+
+
+@pytest.mark.slow
+def test_dataloader_worker_processes_give_the_same_patches_on_resume(tmp_path):
+    """Augmentation in 1 worker process (data.num_workers=1): training runs, and a resumed run
+    repeats the uninterrupted one (patches depend only on (seed, epoch, rank), not on the process)."""
+    ov = ("data.num_workers=1", "training.epochs=2", "training.steps_per_epoch=3", "training.val_every=5")
+    full = train(SMOKE, overrides=_overrides(tmp_path / "full", *ov), device="cpu")
+    first = train(SMOKE, overrides=_overrides(tmp_path / "split", *ov, "training.stop_after_epoch=1"), device="cpu")
+    resumed = train(SMOKE, overrides=_overrides(tmp_path / "split", *ov, "training.stop_after_epoch=null"), device="cpu", resume=True)
+    assert resumed == first
+    a = [r["train_loss"] for r in read_epoch_log(full / "metrics.csv")]
+    b = [r["train_loss"] for r in read_epoch_log(resumed / "metrics.csv")]
+    assert len(a) == 2 and all(math.isfinite(x) for x in a)
+    np.testing.assert_allclose(b, a, rtol=1e-5)
