@@ -197,7 +197,7 @@ def _planned_grid(volume: Volume, chain: Any) -> tuple[np.ndarray, tuple[int, in
     """Output ``(affine, shape)`` of the chain's spatial transforms, computed lazily by MONAI.
 
     Runs the chain's leading lazy-capable transforms (Orientation, Spacing) with ``lazy=True``
-    on a MetaTensor that shares the volume's memory: MONAI only records the pending
+    on a zero-stride stand-in with the volume's shape and affine: MONAI only records the pending
     operations, whose combined affine and shape are read back. None when MONAI cannot say.
     """
     import torch
