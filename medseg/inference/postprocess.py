@@ -29,7 +29,7 @@ def keep_largest_component(labels: np.ndarray, values: list[int] | None = None) 
 
     Voxels of the smaller components become background (0). Spurious islands far from an
     organ are the typical failure of patch-based networks; the organ itself is one piece.
-    Components of equal size: the one met first in C order is kept.
+    Of components of equal (largest) size one is kept; which one is unspecified.
 
     Args:
         labels: integer label map (3-D, 0 = background); a modified copy is returned.
