@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.io.atomic import atomic_path, write_text_atomic
-from medseg.io.volume import Volume, count_label_values
+from medseg.io.volume import Volume, label_values_present
 
 #: Display window (HU) of CT QA pictures: abdominal soft tissue.
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -146,7 +146,7 @@ def write_qa_png(
         )
         ax.set_title(label, fontsize=9)
         ax.set_axis_off()
-    present = _present_values(lab)
+    present = label_values_present(lab)
     handles = [Patch(color=base[v], label=f"{v} {label_names.get(v, '?')}") for v in present[:20]]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
@@ -156,12 +156,6 @@ def write_qa_png(
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
-
-
-def _present_values(labels: np.ndarray) -> list[int]:
-    if labels.dtype.kind == "u" and labels.itemsize <= 2:
-        return [int(v) for v in np.flatnonzero(count_label_values(labels)) if v != 0]
-    return [int(v) for v in np.unique(labels) if v != 0]
 
 
 def _palette(n: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.io.volume import count_label_values
+from medseg.io.volume import count_label_values, label_values_present
 
 
 def _unsigned(labels: np.ndarray) -> np.ndarray:
@@ -89,8 +89,7 @@ def fill_holes(labels: np.ndarray, values: list[int] | None = None) -> np.ndarra
     out = labels.copy(order="K")
     if labels.ndim != 3:
         return out
-    present = np.flatnonzero(count_label_values(_unsigned(labels)))
-    for value in (int(v) for v in present if v > 0):
+    for value in label_values_present(labels):
         if values is not None and value not in values:
             continue
         mask = out == value

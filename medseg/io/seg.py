@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import DicomError, GeometryError
+from medseg.errors import DicomError, GeometryError, InputError
 from medseg.io.atomic import atomic_path
 from medseg.io.orientation import ras_to_lps_affine
-from medseg.io.volume import Volume, count_label_values
+from medseg.io.volume import Volume, label_values_present
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +75,11 @@ def _source_datasets(source: Volume) -> tuple[list[Any], list[Any]]:
 
 
 def _label_values_present(labels: np.ndarray) -> list[int]:
-    """Non-zero label values present in an integer (or boolean) label map.
-
-    uint8/uint16 maps are counted in chunks (`count_label_values`, 20× faster than ``np.unique`` on a
-    512×512×300 map); other types take the general path.
-
-    Raises:
-        DicomError: fractional or negative values.
-    """
-    if labels.dtype == np.bool_ or (labels.dtype.kind == "u" and labels.itemsize <= 2):
-        return [int(v) for v in np.flatnonzero(count_label_values(labels)) if v > 0]
-    if not np.issubdtype(labels.dtype, np.integer) and not np.all(np.mod(labels, 1) == 0):
-        raise DicomError(f"labels must be integers, got {labels.dtype} with fractional values")
-    if labels.size and labels.min() < 0:
-        raise DicomError("labels must be >= 0 (0 = background)")
-    return [int(v) for v in np.unique(labels) if v > 0]
+    """`label_values_present`, its errors as `DicomError` (the SEG writer's error family)."""
+    try:
+        return label_values_present(labels)
+    except InputError as exc:
+        raise DicomError(str(exc)) from exc
 
 
 def write_dicom_seg(
