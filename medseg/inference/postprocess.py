@@ -20,7 +20,9 @@ def _unsigned(labels: np.ndarray) -> np.ndarray:
     if labels.dtype.kind == "u" or labels.dtype == np.bool_:
         return labels
     if labels.size and labels.min() < 0:
-        raise ValueError("label maps must be >= 0 (0 = background)")
+        from medseg.errors import InputError
+
+        raise InputError("label maps must be >= 0 (0 = background)")
     return labels.astype(np.uint16 if labels.max(initial=0) < 65536 else np.uint32, order="K")
 
 

@@ -182,13 +182,12 @@ def preprocess_for_model(volume: Volume, plan: dict[str, Any]) -> tuple[Any, np.
     if resampled is not None:
         from monai.data import MetaTensor
 
-        dst_affine = np.asarray(geometry[0], dtype=np.float64)  # type: ignore[index]
-        image = MetaTensor(resampled[None], affine=torch.as_tensor(dst_affine))
+        affine = np.asarray(geometry[0], dtype=np.float64)  # type: ignore[index]
+        image = MetaTensor(resampled[None], affine=torch.as_tensor(affine))
         out = intensity_transform(plan, "image")({"image": image})["image"]
-        tensor = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
-        return tensor.float().unsqueeze(0).contiguous(), dst_affine
-    out = chain({"image": volume_to_metatensor(volume)})["image"]
-    affine = np.asarray(out.affine.detach().cpu().numpy() if hasattr(out, "affine") else volume.affine, dtype=np.float64)
+    else:
+        out = chain({"image": volume_to_metatensor(volume)})["image"]
+        affine = np.asarray(out.affine.detach().cpu().numpy() if hasattr(out, "affine") else volume.affine, dtype=np.float64)
     tensor = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
     return tensor.float().unsqueeze(0).contiguous(), affine
 
