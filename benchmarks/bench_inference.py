@@ -170,7 +170,12 @@ def main() -> None:
     parser.add_argument("--medicalnet-width", action="store_true",
                         help="time a random-weight network at MedicalNet widths (64-512 channels) instead of a checkpoint")
     parser.add_argument("--no-batch", action="store_true", help="skip the 3-series batch and bf16 runs")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (the `medseg` CLI calls medseg.runtime.keep_freed_memory)")
     args = parser.parse_args()
+    from medseg.runtime import keep_freed_memory
+
+    kept = False if args.default_allocator else keep_freed_memory()
 
     import torch
     from monai.inferers import sliding_window_inference
@@ -187,7 +192,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="medseg-bench-inf-"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), CUDA: {torch.cuda.is_available()}")
+          f"({torch.get_num_threads()} threads), CUDA: {torch.cuda.is_available()}; "
+          f"freed memory kept mapped (as the CLI does): {kept}")
     t0 = time.perf_counter()
     batch_root = build_batch(cache_dir())
     folder = batch_root / "series_1"
@@ -231,7 +237,7 @@ def main() -> None:
     n_windows = count_windows(tuple(img.shape[2:]), roi, overlap, 1)
     probs = timed("sliding window (network + blending)", lambda: predict_probabilities(model, img, opts))
     labels, _ = timed("back to the original grid + argmax", lambda: labels_on_grid(probs, aff, vol.affine, vol.shape, model.channel_values))
-    labels = timed("largest component + fill holes", lambda: fill_holes(keep_largest_component(labels)))
+    labels = timed("largest component + fill holes", lambda: fill_holes(keep_largest_component(labels, in_place=True), in_place=True))
     timed("write labels NIfTI (.nii.gz)", lambda: write_nifti(Volume(labels, vol.affine), tmp / "l.nii.gz"))
     timed("write DICOM SEG", lambda: write_dicom_seg(labels, vol, model.labels, tmp / "seg.dcm"))
     timed("volumes CSV", lambda: write_volumes_csv(label_statistics(vol, labels, model.labels), tmp / "v.csv"))

@@ -41,8 +41,13 @@ def main() -> None:
     parser.add_argument("--workflow", default=str(ROOT / "workflows" / "abdomen_ct_organs.yaml"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the CI box has 2 cores)")
     parser.add_argument("--draws", type=int, default=40, help="random-stage draws to average")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (the `medseg` CLI calls medseg.runtime.keep_freed_memory)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from medseg.runtime import keep_freed_memory
+
+    print(f"freed memory kept mapped (as the CLI does): {False if args.default_allocator else keep_freed_memory()}")
 
     from monai.losses import DiceFocalLoss
     from monai.transforms import Compose

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.io.atomic import atomic_path, write_text_atomic
-from medseg.io.volume import Volume, label_values_present
+from medseg.io.volume import Volume, foreground_box, label_values_present
 
 #: Display window (HU) of CT QA pictures: abdominal soft tissue.
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -30,6 +30,11 @@ def label_statistics(image: Volume, labels: np.ndarray, label_names: dict[int, s
     """
     voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
     image_array = np.asarray(image.array)
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "uib" and labels.ndim == 3 and image_array.shape[:3] == labels.shape:
+        # only the box around the labels holds labelled voxels: copy that box of both maps
+        box = foreground_box(labels) or (slice(0, 0),) * 3
+        labels, image_array = _box_copy(labels, box), _box_copy(image_array, box, like=labels)
     # both maps flattened in memory order when they share it (Fortran for DICOM/NIfTI volumes):
     # C-order boolean indexing of Fortran arrays walks memory with a 512×512-voxel stride
     same_layout = all(a.flags.f_contiguous for a in (labels, image_array)) or all(a.flags.c_contiguous for a in (labels, image_array))
@@ -58,6 +63,13 @@ def label_statistics(image: Volume, labels: np.ndarray, label_names: dict[int, s
             }
         )
     return rows
+
+
+def _box_copy(array: np.ndarray, box: tuple[slice, ...], like: np.ndarray | None = None) -> np.ndarray:
+    """A contiguous copy of ``array[box]`` in the memory order of `like` (default `array`)."""
+    ref = array if like is None else like
+    fortran = ref.flags.f_contiguous and not ref.flags.c_contiguous
+    return np.asfortranarray(array[box]) if fortran else np.ascontiguousarray(array[box])
 
 
 def write_volumes_csv(rows: list[dict], path: str | os.PathLike[str]) -> Path:
@@ -105,6 +117,7 @@ def write_qa_png(
     / superior up) whatever the voxel order of the series. Axial slices are spread over the
     labelled extent (or the whole volume when nothing was found).
     """
+    import nibabel as nib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
@@ -114,10 +127,21 @@ def write_qa_png(
     lab, _ = _to_ras(labels, image.affine)
     vmin, vmax = _display_window(img, image.meta.get("modality"))
 
-    fg = np.nonzero(lab.any(axis=(0, 1)))[0]
-    zs = fg if fg.size else np.arange(lab.shape[2])
+    # the labelled box, in the displayed (RAS) index space: the slice choice only looks inside it
+    box = foreground_box(np.asarray(labels))
+    if box is not None:
+        ornt = nib.orientations.io_orientation(image.affine)
+        ras_box: list[slice] = [slice(None)] * 3
+        for axis, (to, flip) in enumerate(ornt):
+            b, n = box[axis], labels.shape[axis]
+            ras_box[int(to)] = slice(n - b.stop, n - b.start) if flip < 0 else b
+        inner = lab[tuple(ras_box)]
+        zs = ras_box[2].start + np.nonzero(inner.any(axis=(0, 1)))[0]
+        jy = ras_box[1].start + np.nonzero(inner.any(axis=(0, 2)))[0]
+        present = label_values_present(_box_copy(np.asarray(labels), box))
+    else:
+        zs, jy, present = np.arange(lab.shape[2]), np.zeros(0, dtype=int), []
     ks = sorted({int(zs[int(round(q * (len(zs) - 1)))]) for q in np.linspace(0.2, 0.8, n_axial)})
-    jy = np.nonzero(lab.any(axis=(0, 2)))[0]
     j_cor = int(np.median(jy)) if jy.size else lab.shape[1] // 2
 
     max_label = max(max(label_names, default=1), int(lab.max(initial=0)), 1)
@@ -146,7 +170,6 @@ def write_qa_png(
         )
         ax.set_title(label, fontsize=9)
         ax.set_axis_off()
-    present = label_values_present(lab)
     handles = [Patch(color=base[v], label=f"{v} {label_names.get(v, '?')}") for v in present[:20]]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.io.volume import count_label_values, label_values_present
+from medseg.io.volume import count_label_values, foreground_box, label_values_present
 
 
 def _unsigned(labels: np.ndarray) -> np.ndarray:
@@ -26,7 +26,13 @@ def _unsigned(labels: np.ndarray) -> np.ndarray:
     return labels.astype(np.uint16 if labels.max(initial=0) < 65536 else np.uint32, order="K")
 
 
-def keep_largest_component(labels: np.ndarray, values: list[int] | None = None) -> np.ndarray:
+def _work_copy(region: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """A contiguous copy of `region` (a box of `like`), in `like`'s memory order."""
+    fortran = like.flags.f_contiguous and not like.flags.c_contiguous
+    return np.asfortranarray(region) if fortran else np.ascontiguousarray(region)
+
+
+def keep_largest_component(labels: np.ndarray, values: list[int] | None = None, *, in_place: bool = False) -> np.ndarray:
     """Keep, for each label value, only its largest connected component (26-connectivity).
 
     Voxels of the smaller components become background (0). Spurious islands far from an
@@ -34,20 +40,24 @@ def keep_largest_component(labels: np.ndarray, values: list[int] | None = None) 
     Of components of equal (largest) size one is kept; which one is unspecified.
 
     Args:
-        labels: integer label map (3-D, 0 = background); a modified copy is returned.
+        labels: integer label map (3-D, 0 = background).
         values: label values to process (default: all present). Leave out classes made of
             several structures (e.g. "kidneys" = left + right).
+        in_place: modify `labels` itself instead of returning a modified copy.
 
     Returns:
-        A new label map of the same dtype.
+        The label map with the same dtype and memory order (`labels` itself when `in_place`).
     """
     import cc3d
     import fastremap
 
-    out = labels.copy(order="K")  # keep the memory order (DICOM/NIfTI maps are Fortran-ordered)
-    if labels.ndim != 3 or not labels.any():
+    out = labels if in_place else labels.copy(order="K")  # keep the memory order (DICOM/NIfTI maps are Fortran-ordered)
+    box = foreground_box(out) if labels.ndim == 3 else None
+    if box is None:
         return out
-    lab = _unsigned(labels)
+    # only the box around the labels is labelled (the rest is background, whatever the values)
+    region = out[box]
+    lab = _unsigned(_work_copy(region, out))
     # one multi-label pass: a component never spans two label values
     comp = cc3d.connected_components(lab, connectivity=26)
     parent = fastremap.component_map(comp, lab)  # component id → label value
@@ -64,15 +74,15 @@ def keep_largest_component(labels: np.ndarray, values: list[int] | None = None) 
         if int(value) in best and cid != best[int(value)]:
             drop[cid] = True
     if drop.any():
-        # a 1-D lookup over the components in memory order, and a masked copy that follows the
-        # layout (boolean indexing walks C order: 4× slower on a Fortran-ordered map)
+        # a 1-D lookup over the components in memory order, reshaped in that order (boolean
+        # indexing walks C order: 4× slower on a Fortran-ordered map)
         flat = drop[comp.ravel(order="K")]
         mask = flat.reshape(comp.shape, order="F" if comp.flags.f_contiguous and not comp.flags.c_contiguous else "C")
-        np.copyto(out, 0, where=mask)
+        np.copyto(region, 0, where=mask)
     return out
 
 
-def fill_holes(labels: np.ndarray, values: list[int] | None = None) -> np.ndarray:
+def fill_holes(labels: np.ndarray, values: list[int] | None = None, *, in_place: bool = False) -> np.ndarray:
     """Fill enclosed background holes inside each label (3-D, per label value).
 
     A hole is a background region (6-connected) of the label's bounding box that does not reach
@@ -82,26 +92,25 @@ def fill_holes(labels: np.ndarray, values: list[int] | None = None) -> np.ndarra
     Args:
         labels: integer label map, 0 = background.
         values: label values to process (default: all present).
+        in_place: modify `labels` itself instead of returning a modified copy.
 
     Returns:
-        A new label map of the same dtype.
+        The label map with the same dtype and memory order (`labels` itself when `in_place`).
     """
     import fill_voids
 
-    out = labels.copy(order="K")
-    if labels.ndim != 3:
+    out = labels if in_place else labels.copy(order="K")
+    box = foreground_box(out) if labels.ndim == 3 else None
+    if box is None:
         return out
-    for value in label_values_present(labels):
+    region = out[box]
+    work = _work_copy(region, out)
+    for value in label_values_present(work):
         if values is not None and value not in values:
             continue
-        mask = out == value
-        box = tuple(_extent(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3))
-        region = out[box]
-        filled = fill_voids.fill(mask[box], in_place=False)
-        np.copyto(region, value, where=filled & (region == 0))
+        mask = work == value
+        sub = foreground_box(mask)  # the label's own box inside the foreground box
+        filled = fill_voids.fill(mask[sub], in_place=False)
+        target = region[sub]
+        np.copyto(target, value, where=filled & (target == 0))
     return out
-
-
-def _extent(any_along: np.ndarray) -> slice:
-    idx = np.flatnonzero(any_along)
-    return slice(int(idx[0]), int(idx[-1]) + 1)

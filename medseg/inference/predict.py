@@ -30,7 +30,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.inference.model import LoadedModel
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, foreground_box
 
 log = logging.getLogger(__name__)
 
@@ -502,8 +502,8 @@ def _argmax_channels(part: Any) -> Any:
     return torch.max(part, dim=1).indices
 
 
-def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int) -> np.ndarray:
-    """Argmax labels of slab ``[:, :, k0:k1]`` as ``(ks, Y, X)``, interpolating only where needed.
+def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int, xs: slice = slice(None), ys: slice = slice(None)) -> np.ndarray:
+    """Argmax labels of slab ``[xs, ys, k0:k1]`` as ``(ks, Y, X)``, interpolating only where needed.
 
     A destination voxel lies in a source cell (its 8 surrounding source voxels). If the argmax
     is the same class c at all 8 corners, every convex combination of those probability vectors
@@ -518,6 +518,7 @@ def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int) -> np.ndarray:
     import torch
 
     (x0, x1, wx, _), (y0, y1, wy, _), (z0, z1, wz, _) = sampler.axes
+    x0, x1, wx, y0, y1, wy = x0[xs], x1[xs], wx[xs], y0[ys], y1[ys], wy[ys]
     zs0, zs1, wzs = z0[k0:k1], z1[k0:k1], wz[k0:k1]
     cell_label, uniform = sampler.cell_maps_zyx()
     zi, yi, xi = zs0.numpy(), y0.numpy(), x0.numpy()
@@ -534,6 +535,27 @@ def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int) -> np.ndarray:
                     acc = term if acc is None else acc.add_(term)
         lab[kz.numpy(), ky.numpy(), kx.numpy()] = torch.max(acc, dim=1).indices.numpy().astype(lab.dtype)
     return lab
+
+
+def _foreground_ranges(sampler: _SlabSampler) -> tuple[slice, slice, slice] | None:
+    """Destination index ranges ``(x, y, z)`` outside which every voxel is background (None: all).
+
+    A destination voxel whose source cell has background as the argmax at all 8 corners is
+    background (the convexity argument of `_labels_by_cells`), so only voxels whose cell lies
+    in the box of the other cells can be labelled. The 1-D cell maps are monotonic, so each
+    axis gives one index range.
+    """
+    cell_label, uniform = sampler.cell_maps()  # (Z', X', Y')
+    box = foreground_box((~(uniform & (cell_label == 0))).numpy())
+    if box is None:
+        return None
+    ranges = []
+    for (i0, *_), cells in zip(sampler.axes, (box[1], box[2], box[0])):
+        idx = np.flatnonzero((i0.numpy() >= cells.start) & (i0.numpy() < cells.stop))
+        if idx.size == 0:
+            return None
+        ranges.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return tuple(ranges)  # type: ignore[return-value]
 
 
 def resample_probabilities(
@@ -608,14 +630,20 @@ def labels_on_grid(
     # cell shortcut when most source cells lie inside one class (true of segmentations; a noisy
     # probability map with boundaries everywhere is faster with the full resampling)
     by_cells = sampler.perm is not None and not keep_probabilities and float(sampler.cell_maps()[1].float().mean()) > 0.8
+    if by_cells:
+        # only the box that can hold labels is computed; the rest stays background
+        ranges = _foreground_ranges(sampler)
+        xs, ys, zs = ranges if ranges is not None else (slice(0, 0),) * 3
+        slabs = [(max(k0, zs.start), min(k1, zs.stop)) for k0, k1 in slabs if k1 > zs.start and k0 < zs.stop]
     with torch.no_grad():
         for n, (k0, k1) in enumerate(slabs):
             if by_cells:
-                idx_yx = _labels_by_cells(sampler, k0, k1)  # (ks, Y, X): copied into the slab in memory order
+                idx_yx = _labels_by_cells(sampler, k0, k1, xs, ys)  # (ks, Y, X): copied into the slab in memory order
                 ix, iy, iz = (axis[3].numpy() for axis in sampler.axes)
+                ix, iy = ix[xs], iy[ys]
                 if not (ix.all() and iy.all() and iz[k0:k1].all()):
                     idx_yx[~(iz[k0:k1][:, None, None] & iy[None, :, None] & ix[None, None, :])] = 0
-                labels[..., k0:k1] = (idx_yx if identity_lut else lut_np[idx_yx]).transpose(2, 1, 0)
+                labels[xs, ys, k0:k1] = (idx_yx if identity_lut else lut_np[idx_yx]).transpose(2, 1, 0)
                 part = inside = None
             else:
                 part, inside = sampler.sample(k0, k1)  # (ks, C, X, Y)
@@ -772,9 +800,9 @@ def segment_volume(
 
         if options.largest_component:
             only = list(options.largest_component_labels) if options.largest_component_labels is not None else None
-            labels = keep_largest_component(labels, only)
+            labels = keep_largest_component(labels, only, in_place=True)  # labels is ours
         if options.fill_holes:
-            labels = fill_holes(labels)
+            labels = fill_holes(labels, in_place=True)
         report("postprocess", 1, 1)
 
     meta = {

@@ -24,8 +24,10 @@ import numpy as np
 
 from medseg.errors import DicomError, GeometryError, InputError
 from medseg.io.atomic import atomic_path
+from medseg.io.dicom_encode import pre_encode_sequence
 from medseg.io.orientation import ras_to_lps_affine
-from medseg.io.volume import Volume, label_values_present
+from medseg.runtime import gc_paused
+from medseg.io.volume import Volume, foreground_box, label_values_present
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,11 @@ def write_dicom_seg(
     labels = np.asarray(labels)
     if labels.shape[:3] != source.shape or labels.ndim != 3:
         raise GeometryError(f"label map shape {labels.shape} does not match the source volume {source.shape}")
-    present = _label_values_present(labels)
+    # labels fill a small box of a CT: values and frames come from that box only
+    box = foreground_box(labels) if labels.dtype.kind in "uib" else (slice(None),) * 3
+    present = [] if box is None else _label_values_present(
+        np.asfortranarray(labels[box]) if labels.flags.f_contiguous else np.ascontiguousarray(labels[box])
+    )
     if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
         labels = labels.astype(np.uint8 if labels.dtype == np.bool_ else np.int64)  # index-safe for the LUT below
     values = sorted(set(present) | {int(k) for k in label_names if int(k) > 0})
@@ -141,13 +147,15 @@ def write_dicom_seg(
         lut[v] = n
     pixel = np.zeros((n_src, rows, cols), dtype=seg_dtype)
     dropped = 0
-    for k, src in enumerate(frames):
-        slab = labels[:, :, k]
+    xs, ys, zs = box if box is not None else (slice(0, 0),) * 3
+    for k in range(*zs.indices(labels.shape[2])):
+        src = frames[k]
+        slab = labels[xs, ys, k]
         if src is None:
             dropped += int(np.count_nonzero(slab))
             continue
         idx = src[1] if multi_frame else src[0]
-        pixel[idx] = lut[slab.T]
+        pixel[idx, ys, xs] = lut[slab.T]
     if dropped:
         log.warning(
             "%d labelled voxels lie on interpolated slices that have no source image; they are not in the SEG",
@@ -179,7 +187,7 @@ def write_dicom_seg(
             )
         )
     series_number = source.meta.get("series_number")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), gc_paused():
         warnings.simplefilter("ignore")  # highdicom warns about optional attributes of the source
         seg = hd.seg.Segmentation(
             source_images=datasets,
@@ -198,8 +206,11 @@ def write_dicom_seg(
             omit_empty_frames=True,
         )
     path = Path(path)
-    with atomic_path(path) as tmp:
-        seg.save_as(tmp)
+    # the ~N-frame per-frame groups encoded once per distinct element value (same bytes, 2× faster save)
+    with gc_paused():
+        pre_encode_sequence(seg, "PerFrameFunctionalGroupsSequence")
+        with atomic_path(path) as tmp:
+            seg.save_as(tmp)
     return path
 
 
