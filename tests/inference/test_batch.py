@@ -18,7 +18,7 @@ from inference_factory import corrupt_j2k_series
 
 from medseg.demo import write_ct_series
 from medseg.inference import BatchOptions, InferenceOptions, parse_shard, segment_batch
-from medseg.inference.batch import DONE_MARKER, discover_series, shard_of
+from medseg.inference.batch import DONE_MARKER, MANIFEST_FIELDS, discover_series, shard_of
 from medseg.io import read_nifti, read_volume
 from medseg.io.dicom import read_dicom_series
 
@@ -84,6 +84,12 @@ def test_every_series_is_reported(batch):
     assert manifest["labels"] == {"1": "liver"} and manifest["finished"]
     rows = list(csv.DictReader(batch.manifest_path.with_suffix(".csv").open()))
     assert sorted(r["status"] for r in rows) == ["done", "done", "failed", "skipped", "skipped"]
+    # a manifest row: every field but the in-memory series (its headers), outputs copied
+    done = next(r for r in batch.records if r.status == "done")
+    assert done.series is not None
+    row = done.to_dict()
+    assert "series" not in row and row["outputs"] == done.outputs and row["outputs"] is not done.outputs
+    assert set(row) == set(MANIFEST_FIELDS) | {"outputs"}
 
 
 @pytest.mark.parametrize("part", ["CT_abdomen", "CT_3mm"])

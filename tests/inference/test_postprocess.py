@@ -81,3 +81,42 @@ def test_count_label_values():
     assert count_label_values(np.zeros((3, 3), bool)).tolist() == [9]
     with pytest.raises(TypeError):
         count_label_values(lab.astype(np.int16))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_labels_in_a_corner_of_a_large_map_in_place(order):
+    """Post-processing works on the box around the labels: same result, any memory order, in place."""
+    small = _blobby_labels(3, shape=(30, 26, 20))
+    lab = np.zeros((70, 60, 50), np.uint8, order=order)
+    lab[31:61, 5:31, 22:42] = small
+    lab[0, 0, 0] = 1  # a one-voxel island far away: the box spans the whole map for label 1
+    expected = _reference_holes(_reference_lcc(lab, None))
+    assert expected[0, 0, 0] == 0
+    out = fill_holes(keep_largest_component(lab, in_place=True), in_place=True)
+    assert out is lab and (lab.flags.f_contiguous if order == "F" else lab.flags.c_contiguous)
+    np.testing.assert_array_equal(lab, expected)
+    # only label 2 processed: the island of label 1 stays; nothing else changes outside the labels' box
+    lab2 = np.zeros((70, 60, 50), np.uint8, order=order)
+    lab2[31:61, 5:31, 22:42] = small
+    lab2[0, 0, 0] = 1
+    got = keep_largest_component(lab2, [2])
+    assert got[0, 0, 0] == 1 and got is not lab2
+    np.testing.assert_array_equal(got, _reference_lcc(lab2, [2]))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_foreground_box(order):
+    from medseg.io.volume import foreground_box
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        shape = tuple(int(n) for n in rng.integers(1, 9, size=rng.integers(1, 4)))
+        dtype = rng.choice([np.uint8, np.int16, np.uint32, np.bool_])
+        a = np.asarray((rng.random(shape) < rng.choice([0.0, 0.02, 0.2])) * rng.integers(-2, 3, size=shape)).astype(dtype)
+        a = np.asfortranarray(a) if order == "F" else np.ascontiguousarray(a)
+        nz = np.nonzero(a)
+        expected = None if nz[0].size == 0 else tuple(slice(int(i.min()), int(i.max()) + 1) for i in nz)
+        assert foreground_box(a) == expected
+        assert foreground_box(a[::-1]) == (None if expected is None else foreground_box(np.ascontiguousarray(a[::-1])))
+    with pytest.raises(TypeError):
+        foreground_box(np.zeros((2, 2), np.float32))

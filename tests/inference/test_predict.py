@@ -176,6 +176,19 @@ def test_resampling_shortcuts_agree_with_full_trilinear():
     full, p = P.labels_on_grid(probs, src, dst, shape, [0, 4, 7], keep_probabilities=True)
     np.testing.assert_array_equal(fast, full)
     assert set(np.unique(fast)) == {0, 4, 7}
+    # the fast path only computed the box that can hold labels: a strict part of the grid here
+    ranges = P._foreground_ranges(P._SlabSampler(probs, src, dst, shape))
+    assert all(r.stop - r.start <= n for r, n in zip(ranges, shape))
+    assert np.prod([r.stop - r.start for r in ranges]) < 0.6 * np.prod(shape)
+    outside = np.ones(shape, bool)
+    outside[ranges] = False
+    assert not fast[outside].any()
+    # nothing but background: an empty map without any slab computed
+    bg = torch.zeros_like(probs)
+    bg[0] = 1
+    slabs = []
+    empty, _ = P.labels_on_grid(bg, src, dst, shape, [0, 4, 7], on_slab=lambda d, t: slabs.append(d))
+    assert not empty.any() and empty.shape == shape and slabs == []
     sampler = P._SlabSampler(probs, src, dst, shape)
     assert sampler.perm == [0, 2, 1]
     sep, inside_sep = sampler.sample(0, shape[2])

@@ -108,3 +108,47 @@ def test_label_values_present_for_every_label_dtype():
         _label_values_present(lab.astype(np.float32) + 0.5)
     with pytest.raises(DicomError, match=">= 0"):
         _label_values_present(-lab.astype(np.int32))
+
+
+def test_pre_encoded_frame_groups_give_pydicom_s_own_bytes(tmp_path, ct_and_organs, monkeypatch):
+    """The fast per-frame-groups path writes byte for byte what pydicom's writer writes."""
+    import copy
+    import io
+
+    import medseg.io.seg as seg_module
+    from medseg.io.dicom_encode import pre_encode_sequence
+
+    ct, organs = ct_and_organs
+    built = []  # a copy of the dataset as highdicom made it, before pydicom's writer touched it
+    monkeypatch.setattr(seg_module, "pre_encode_sequence", lambda ds, kw: built.append(copy.deepcopy(ds)) and False)
+    path = write_dicom_seg(organs, ct, ORGANS, tmp_path / "plain.dcm")
+    (seg,) = built
+    assert seg.get_item("PixelData").VR == "OB or OW"  # resolved by the fast path as pydicom does
+    n_frames = len(seg.PerFrameFunctionalGroupsSequence)
+    assert n_frames > 20  # several segments on many source images
+    assert pre_encode_sequence(seg, "PerFrameFunctionalGroupsSequence")
+    assert seg.get_item("PerFrameFunctionalGroupsSequence").is_raw
+    buf = io.BytesIO()
+    seg.save_as(buf)
+    assert buf.getvalue() == path.read_bytes()
+    # and the file reads back as the same segmentation
+    back = hd.seg.segread(io.BytesIO(buf.getvalue()))
+    assert len(back.PerFrameFunctionalGroupsSequence) == n_frames
+
+
+def test_pre_encoding_leaves_other_transfer_syntaxes_to_pydicom(ct_and_organs, tmp_path, monkeypatch):
+    import pydicom
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    import medseg.io.seg as seg_module
+    from medseg.io.dicom_encode import pre_encode_sequence
+
+    ct, organs = ct_and_organs
+    built = []
+    monkeypatch.setattr(seg_module, "pre_encode_sequence", lambda ds, kw: built.append(ds) and False)
+    write_dicom_seg(organs, ct, ORGANS, tmp_path / "plain.dcm")
+    seg = built[0]
+    seg.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    assert not pre_encode_sequence(seg, "PerFrameFunctionalGroupsSequence")
+    assert isinstance(seg.PerFrameFunctionalGroupsSequence, pydicom.Sequence)
+    assert not pre_encode_sequence(seg, "NoSuchSequence")
