@@ -9,7 +9,7 @@ With ``M_MMAP_MAX = 0`` large blocks come from the heap instead, and with a high
 a batch) reuses pages that are already mapped. This is the effect PyTorch's CPU performance
 guides get by preloading jemalloc or tcmalloc, without a native library to install.
 
-Measured on the 2-core CI machine (docs/benchmarks.md, "Memory allocator"): a training step of
+Measured on the 2-core CI machine (docs/benchmarks.md, inference "Third round"): a training step of
 the abdomen workflow 1549 → 945 ms, the 512×512×300 sliding window 8.4 → 4.7 s, kernel time of
 the training benchmark 11.3 → 1.4 s. The cost: the process keeps its peak memory until it exits
 (what it needed once, it will need again for the next step or series), so the CLI turns it on

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.io.atomic import atomic_path, write_text_atomic
-from medseg.io.volume import Volume, foreground_box, label_values_present
+from medseg.io.volume import Volume, box_copy, foreground_box, label_values_present
 
 #: Display window (HU) of CT QA pictures: abdominal soft tissue.
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -34,7 +34,7 @@ def label_statistics(image: Volume, labels: np.ndarray, label_names: dict[int, s
     if labels.dtype.kind in "uib" and labels.ndim == 3 and image_array.shape[:3] == labels.shape:
         # only the box around the labels holds labelled voxels: copy that box of both maps
         box = foreground_box(labels) or (slice(0, 0),) * 3
-        labels, image_array = _box_copy(labels, box), _box_copy(image_array, box, like=labels)
+        labels, image_array = box_copy(labels, box), box_copy(image_array, box, like=labels)
     # both maps flattened in memory order when they share it (Fortran for DICOM/NIfTI volumes):
     # C-order boolean indexing of Fortran arrays walks memory with a 512×512-voxel stride
     same_layout = all(a.flags.f_contiguous for a in (labels, image_array)) or all(a.flags.c_contiguous for a in (labels, image_array))
@@ -63,13 +63,6 @@ def label_statistics(image: Volume, labels: np.ndarray, label_names: dict[int, s
             }
         )
     return rows
-
-
-def _box_copy(array: np.ndarray, box: tuple[slice, ...], like: np.ndarray | None = None) -> np.ndarray:
-    """A contiguous copy of ``array[box]`` in the memory order of `like` (default `array`)."""
-    ref = array if like is None else like
-    fortran = ref.flags.f_contiguous and not ref.flags.c_contiguous
-    return np.asfortranarray(array[box]) if fortran else np.ascontiguousarray(array[box])
 
 
 def write_volumes_csv(rows: list[dict], path: str | os.PathLike[str]) -> Path:
@@ -138,7 +131,7 @@ def write_qa_png(
         inner = lab[tuple(ras_box)]
         zs = ras_box[2].start + np.nonzero(inner.any(axis=(0, 1)))[0]
         jy = ras_box[1].start + np.nonzero(inner.any(axis=(0, 2)))[0]
-        present = label_values_present(_box_copy(np.asarray(labels), box))
+        present = label_values_present(box_copy(np.asarray(labels), box))
     else:
         zs, jy, present = np.arange(lab.shape[2]), np.zeros(0, dtype=int), []
     ks = sorted({int(zs[int(round(q * (len(zs) - 1)))]) for q in np.linspace(0.2, 0.8, n_axial)})

@@ -15,8 +15,8 @@ bytes are those pydicom writes itself (tests compare whole files); anything unus
 ambiguous VR, a character set inside an item, another transfer syntax) makes it leave the
 dataset untouched, so pydicom writes it the usual way.
 
-Written here because it measured faster than what it replaces (docs/benchmarks.md, "DICOM SEG
-writing"); it encodes nothing by hand but tags, VR ``SQ`` and lengths of sequences and items.
+Written here because it measured faster than what it replaces (docs/benchmarks.md, inference "Third round"
+table); it encodes nothing by hand but tags, VR ``SQ`` and lengths of sequences and items.
 """
 
 from __future__ import annotations

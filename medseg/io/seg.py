@@ -27,7 +27,7 @@ from medseg.io.atomic import atomic_path
 from medseg.io.dicom_encode import pre_encode_sequence
 from medseg.io.orientation import ras_to_lps_affine
 from medseg.runtime import gc_paused
-from medseg.io.volume import Volume, foreground_box, label_values_present
+from medseg.io.volume import Volume, box_copy, foreground_box, label_values_present
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ def write_dicom_seg(
         raise GeometryError(f"label map shape {labels.shape} does not match the source volume {source.shape}")
     # labels fill a small box of a CT: values and frames come from that box only
     box = foreground_box(labels) if labels.dtype.kind in "uib" else (slice(None),) * 3
-    present = [] if box is None else _label_values_present(
-        np.asfortranarray(labels[box]) if labels.flags.f_contiguous else np.ascontiguousarray(labels[box])
-    )
+    present = [] if box is None else _label_values_present(box_copy(labels, box))
     if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
         labels = labels.astype(np.uint8 if labels.dtype == np.bool_ else np.int64)  # index-safe for the LUT below
     values = sorted(set(present) | {int(k) for k in label_names if int(k) > 0})

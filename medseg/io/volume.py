@@ -161,3 +161,14 @@ def foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
             nz = np.flatnonzero(along)
             slices.append(slice(int(nz[0]), int(nz[-1]) + 1))
     return tuple(reversed(slices)) if fortran else tuple(slices)
+
+
+def box_copy(array: np.ndarray, box: tuple[slice, ...], like: np.ndarray | None = None) -> np.ndarray:
+    """A contiguous copy of ``array[box]`` in the memory order of `like` (default: `array`).
+
+    Keeps Fortran-ordered maps (DICOM volumes, NIfTI) Fortran-ordered: a C-order copy of a box
+    of one transposes it (0.37 s instead of 0.01 s for the benchmark's labelled box).
+    """
+    ref = array if like is None else like
+    fortran = ref.flags.f_contiguous and not ref.flags.c_contiguous
+    return np.asfortranarray(array[box]) if fortran else np.ascontiguousarray(array[box])
