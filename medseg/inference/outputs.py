@@ -121,7 +121,8 @@ def write_qa_png(
     vmin, vmax = _display_window(img, image.meta.get("modality"))
 
     # the labelled box, in the displayed (RAS) index space: the slice choice only looks inside it
-    box = foreground_box(np.asarray(labels))
+    arr = np.asarray(labels)
+    box = foreground_box(arr) if arr.dtype.kind in "uib" else (tuple(slice(0, n) for n in arr.shape) if arr.any() else None)
     if box is not None:
         ornt = nib.orientations.io_orientation(image.affine)
         ras_box: list[slice] = [slice(None)] * 3
@@ -131,7 +132,7 @@ def write_qa_png(
         inner = lab[tuple(ras_box)]
         zs = ras_box[2].start + np.nonzero(inner.any(axis=(0, 1)))[0]
         jy = ras_box[1].start + np.nonzero(inner.any(axis=(0, 2)))[0]
-        present = label_values_present(box_copy(np.asarray(labels), box))
+        present = label_values_present(box_copy(arr, box))
     else:
         zs, jy, present = np.arange(lab.shape[2]), np.zeros(0, dtype=int), []
     ks = sorted({int(zs[int(round(q * (len(zs) - 1)))]) for q in np.linspace(0.2, 0.8, n_axial)})
