@@ -38,6 +38,11 @@ def register(app: typer.Typer) -> None:
             "auto", help="auto | fp32 | bf16. bf16 autocast is ~2-3x faster on CPUs with native bf16 (AVX512-BF16, AMX)."
         ),
         threads: int = typer.Option(None, min=1, help="CPU threads for torch (default: torch's)."),
+        workers: int = typer.Option(
+            None, min=0,
+            help="Worker processes that read/preprocess and post-process/write series beside the network "
+            "(default: 0 below 4 CPUs, else 1; 2 with a GPU and 8+ CPUs). 0 = one series after the other.",
+        ),
         max_memory_gb: float = typer.Option(None, help="Refuse series estimated to need more memory (default: 90% of free)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
     ) -> None:
@@ -78,6 +83,7 @@ def register(app: typer.Typer) -> None:
             qa_png=qa,
             overwrite=overwrite,
             shard=parse_shard(shard) if shard else None,
+            workers=workers,
             progress=progress,
         )
         result = segment_batch(input_path, out_dir, model, opts)

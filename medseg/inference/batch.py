@@ -3,9 +3,10 @@
 What `segment_batch` guarantees:
 
 - **The model is loaded once** and shared by every series.
-- **Pipelined**: the next series is read (DICOM decoding is slow) and the previous series'
-  outputs (NIfTI, DICOM SEG, CSV, PNG) are written in two background threads while the
-  current one is segmented; at most three series are in memory.
+- **Pipelined** (``workers > 0``; automatic on machines with 4+ CPUs): worker processes read
+  and preprocess the next series and resample, post-process and write the previous one
+  (NIfTI, DICOM SEG, CSV, PNG) while this process runs the network on the current one; see
+  `medseg.inference.workers` (processes, not threads: the GIL would stall the forward).
 - **One failed series never stops the batch**: its error goes into the manifest and the loop
   goes on. The result (and `medseg segment`'s exit code 1) says that something failed.
 - **Resumable**: every output is written atomically (temp file + rename) and a series is
@@ -43,6 +44,7 @@ import re
 import time
 import traceback
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -51,6 +53,7 @@ from typing import Any
 from medseg.errors import InputError, MedsegError
 from medseg.inference.model import LoadedModel, load_models
 from medseg.inference.predict import InferenceOptions, segment_volume
+from medseg.inference.workers import default_workers, is_worker_death
 from medseg.io.atomic import write_json_atomic, write_text_atomic
 from medseg.io.volume import Volume
 
@@ -77,9 +80,10 @@ class BatchOptions:
         qa_png: write the QA picture.
         overwrite: redo series that a previous run finished.
         shard: ``(i, n)``, 1 ≤ i ≤ n: process only this shard of the series.
-        read_ahead: read the next series in a background thread.
-        write_behind: write a series' outputs in a background thread while the next one is
-            segmented (its completion marker is still written last).
+        workers: worker processes that read/preprocess and post-process/write series while
+            this process runs the network (0: everything here, one series after the other;
+            None: `medseg.inference.workers.default_workers`, 0 below 4 CPUs). With workers on
+            a CPU device, torch here uses that many threads fewer.
         progress: show rich progress bars on stderr.
     """
 
@@ -91,8 +95,7 @@ class BatchOptions:
     qa_png: bool = True
     overwrite: bool = False
     shard: tuple[int, int] | None = None
-    read_ahead: bool = True
-    write_behind: bool = True
+    workers: int | None = None
     progress: bool = True
 
 
@@ -583,14 +586,11 @@ def segment_batch(
         log.info("%d series already done (previous run); %d to segment", len(records) - len(todo), len(todo))
     manifest = write_manifest(out_dir, records, header, unreadable, options.shard)
 
-    # Three stages overlap: reading series n+1 (thread), segmenting series n (this thread),
-    # writing series n-1's outputs (thread). At most one read and one write are in flight.
-    reader = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-read") if options.read_ahead else None
-    writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-write") if options.write_behind else None
-    in_write: tuple[SeriesRecord, cf.Future, float] | None = None
-
-    def submit_read(rec: SeriesRecord) -> cf.Future:
-        return _submit(reader, _load, rec)
+    device = getattr(models[0], "device", None)
+    n_workers = options.workers if options.workers is not None else default_workers(device)
+    n_workers = max(0, min(int(n_workers), len(todo) - 1 if len(todo) > 1 else 0))
+    if n_workers:
+        log.info("%d worker process(es) read, post-process and write series beside the network", n_workers)
 
     def fail(rec: SeriesRecord, exc: BaseException) -> None:
         rec.status = "failed"
@@ -598,81 +598,128 @@ def segment_batch(
             rec.reason = str(exc)
         elif isinstance(exc, MemoryError):
             rec.reason = "out of memory; use a coarser --spacing, no --probabilities, or fewer models"
+        elif is_worker_death(exc):
+            rec.reason = "the worker process died (killed, or out of memory?); re-run to retry this series"
         else:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             rec.reason = f"{type(exc).__name__}: {first}"[:500]
             log.debug("%s", "".join(traceback.format_exception(exc)))
         log.warning("%s failed: %s", rec.stem, rec.reason)
 
-    def collect_write(bars: _Progress) -> None:
-        nonlocal in_write
-        if in_write is None:
-            return
-        rec, fut, t0 = in_write
-        in_write = None
-        try:
-            rec.outputs = fut.result()
-            rec.status, rec.reason = "done", ""
-        except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
+    def finished(rec: SeriesRecord, t0: float, bars: _Progress, outputs: dict[str, str] | None = None,
+                 exc: BaseException | None = None) -> None:
+        if exc is None:
+            rec.outputs, rec.status, rec.reason = dict(outputs or {}), "done", ""
+        else:
             fail(rec, exc)
         rec.seconds = round(time.perf_counter() - t0, 3)
         write_manifest(out_dir, records, header, unreadable, options.shard)
         bars.series_finished()
 
+    in_flight: list[tuple[SeriesRecord, cf.Future, float]] = []  # outputs being written by workers
     try:
         with _Progress(options.progress, len(todo)) as bars:
-            pending = submit_read(todo[0]) if todo else None
-            for n, rec in enumerate(todo):
-                bars.start_series(rec.stem)
-                t0 = time.perf_counter()
-                future = pending
-                pending = submit_read(todo[n + 1]) if n + 1 < len(todo) and reader is not None else None
-                volume = seg = None
-                try:
-                    volume = future.result()
-                    series_dir = out_dir / rec.stem
-                    prepare_series_dir(series_dir)
-                    _fill_record(rec, volume)
-                    seg = segment_volume(volume, models, options.inference, progress=bars.step)
-                    timings = {"segment_s": round(time.perf_counter() - t0, 3)}
-                    collect_write(bars)  # the previous series' outputs must be out before the next write
-                    in_write = (rec, _submit(writer, write_series_outputs, volume, seg, rec, models, series_dir,
-                                             options, timings), t0)
-                except Exception as exc:  # noqa: BLE001 - reading/segmenting failed: report, go on
-                    fail(rec, exc)
-                    rec.seconds = round(time.perf_counter() - t0, 3)
-                    write_manifest(out_dir, records, header, unreadable, options.shard)
-                    bars.series_finished()
-                finally:
-                    volume = seg = None  # noqa: F841 - the writer holds its own references
-                if pending is None and n + 1 < len(todo):
-                    pending = submit_read(todo[n + 1])
-                if writer is None:
-                    collect_write(bars)
-            collect_write(bars)
+            if n_workers == 0:
+                _run_here(todo, models, options, out_dir, bars, finished)
+            else:
+                _run_with_workers(todo, models, options, out_dir, bars, finished, n_workers, in_flight)
     finally:
-        for pool in (reader, writer):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        fut_w = in_write[1] if in_write is not None else None
-        if fut_w is not None and fut_w.done() and not fut_w.cancelled() and fut_w.exception() is None:
-            # interrupted while the last series was being written: it did finish
-            in_write[0].status, in_write[0].outputs = "done", in_write[1].result()
+        for rec, fut, _t0 in in_flight:  # interrupted: series whose writing did finish are done
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                rec.status, rec.outputs = "done", fut.result()
         header["finished"] = _now()
         write_manifest(out_dir, records, header, unreadable, options.shard)
     return BatchResult(out_dir=out_dir, manifest_path=manifest, records=records, unreadable_files=unreadable)
 
 
-def _submit(pool: cf.ThreadPoolExecutor | None, fn: Any, *args: Any) -> cf.Future:
-    """`pool.submit`, or run now and return a finished future when there is no pool."""
-    if pool is not None:
-        return pool.submit(fn, *args)
-    fut: cf.Future = cf.Future()
+def _run_here(todo: list[SeriesRecord], models: list[LoadedModel], options: BatchOptions, out_dir: Path,
+              bars: _Progress, finished: Any) -> None:
+    """One series after the other, all in this process."""
+    for rec in todo:
+        bars.start_series(rec.stem)
+        t0 = time.perf_counter()
+        try:
+            volume = _load(rec)
+            outputs = segment_series(volume, rec, models, out_dir / rec.stem, options, progress=bars.step)
+        except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
+            finished(rec, t0, bars, exc=exc)
+        else:
+            finished(rec, t0, bars, outputs)
+        finally:
+            volume = None  # noqa: F841
+
+
+def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], options: BatchOptions, out_dir: Path,
+                      bars: _Progress, finished: Any, n_workers: int, in_flight: list) -> None:
+    """The network here, everything else in `n_workers` worker processes (series n → lane n mod W).
+
+    Per lane, tasks run in submission order: prepare(n+W) is queued before finish(n), so the
+    next series is ready when the forward of this one ends, and at most two series per lane
+    are in a worker's memory.
+    """
+    import torch
+
+    from medseg.inference.predict import run_models
+    from medseg.inference.workers import Lane, drop_series, finish_series, prepare_series
+
+    threads_before = torch.get_num_threads()
+    on_cpu = all(getattr(m.device, "type", "cpu") == "cpu" for m in models)
+    if on_cpu and threads_before > 1:
+        torch.set_num_threads(max(1, threads_before - n_workers))  # the workers need their cores
+    lanes = [Lane(models, options) for _ in range(n_workers)]
+    lane = lambda n: lanes[n % n_workers]  # noqa: E731
+    prepared_futs: dict[int, cf.Future] = {}
+
+    def collect(block_over: int) -> None:
+        # in order; wait while more than `block_over` are in flight (bounds memory)
+        while in_flight and (in_flight[0][1].done() or len(in_flight) > block_over):
+            rec, fut, t0 = in_flight[0]
+            try:
+                outputs = fut.result()
+            except Exception as exc:  # noqa: BLE001
+                finished(rec, t0, bars, exc=exc)
+            else:
+                finished(rec, t0, bars, outputs)
+            in_flight.pop(0)
+
     try:
-        fut.set_result(fn(*args))
-    except BaseException as exc:  # noqa: BLE001 - delivered through the future like the pool does
-        fut.set_exception(exc)
-    return fut
+        for n in range(min(n_workers, len(todo))):
+            prepared_futs[n] = lane(n).submit(prepare_series, todo[n])
+        for n, rec in enumerate(todo):
+            bars.start_series(rec.stem)
+            t0 = time.perf_counter()
+            prepared = None
+            try:
+                try:
+                    prepared, fields = prepared_futs.pop(n).result()
+                except BrokenProcessPool:
+                    # the worker died, maybe over another series: this one gets a fresh worker once
+                    prepared, fields = lane(n).submit(prepare_series, rec).result()
+                rec.n_slices, rec.modality = fields["n_slices"], fields["modality"] or rec.modality
+                series_dir = out_dir / rec.stem
+                prepare_series_dir(series_dir)
+                probs, affine = run_models(prepared, models, options.inference, progress=bars.step)
+                prepared = None
+                timings = {"segment_s": round(time.perf_counter() - t0, 3)}
+                if n + n_workers < len(todo):  # queue the next read on this lane before this write
+                    prepared_futs[n + n_workers] = lane(n + n_workers).submit(prepare_series, todo[n + n_workers])
+                bars.step("writing", 0, 1)
+                in_flight.append((rec, lane(n).submit(finish_series, rec, probs, affine, series_dir, timings), t0))
+                del probs
+            except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
+                if prepared is not None:
+                    lane(n).submit(drop_series, rec.key)
+                finished(rec, t0, bars, exc=exc)
+                if n + n_workers < len(todo) and n + n_workers not in prepared_futs:
+                    prepared_futs[n + n_workers] = lane(n + n_workers).submit(prepare_series, todo[n + n_workers])
+            collect(block_over=n_workers)
+        collect(block_over=0)
+    finally:
+        for fut in prepared_futs.values():
+            fut.cancel()
+        for ln in lanes:
+            ln.shutdown()
+        torch.set_num_threads(threads_before)
 
 
 def _options_dict(options: BatchOptions) -> dict[str, Any]:

@@ -703,58 +703,71 @@ def _name(volume: Volume) -> str:
     )
 
 
-def segment_volume(
+@dataclass
+class PreparedInput:
+    """A volume preprocessed for a set of models (`prepare_input`'s result).
+
+    Attributes:
+        images: plan key → ``(image, affine)``: float32 tensor ``(1, 1, X, Y, Z)`` and its
+            voxel→RAS affine, once per distinct preprocessing plan.
+        plan_keys: the plan key of each model, in the models' order.
+    """
+
+    images: dict[str, tuple[Any, np.ndarray]]
+    plan_keys: list[str]
+
+
+def prepare_input(
     volume: Volume,
     models: list[LoadedModel],
     options: InferenceOptions | None = None,
     progress: ProgressFn | None = None,
-) -> Volume:
-    """Segment one volume with one model or an ensemble; the label map lies on `volume`'s grid.
+) -> PreparedInput:
+    """Step 1 of `segment_volume`: check `volume` against the models, preprocess it once per plan.
 
-    Args:
-        volume: the image (3-D, any orientation/spacing), e.g. from `medseg.io.load_volume`.
-        models: from `load_models` (one, or several with the same labels to ensemble).
-        options: see `InferenceOptions` (defaults: checkpoint window settings, no TTA, no
-            post-processing).
-        progress: optional ``progress(stage, done, total)`` callback.
-
-    Returns:
-        A `Volume` with the same affine and shape as `volume`, integer labels (uint8, uint16 for
-        values above 255), ``meta["label_names"]`` (value → name), ``meta["models"]``
-        (checkpoint fingerprints) and, if asked, ``meta["probabilities"]`` (float32 ``(X, Y, Z, C)``).
+    Needs no network: `segment_batch` runs it in a worker process (``models`` may be copies
+    without their network).
 
     Raises:
         InputError: not 3-D, modality mismatch, or more memory needed than available.
-
-    Example:
-        >>> models = load_models(["run/checkpoints/best.pt"])          # doctest: +SKIP
-        >>> seg = segment_volume(load_volume("ct.nii.gz"), models)      # doctest: +SKIP
     """
     options = options or InferenceOptions()
     if not models:
         raise InputError("segment_volume needs at least one model")
     check_volume_for_models(volume, models, options)
     report = progress or (lambda stage, done, total: None)
-    channel_values = models[0].channel_values
-
-    # 1. preprocess once per distinct plan
-    prepared: dict[str, tuple[Any, np.ndarray]] = {}
-    plans = []
+    images: dict[str, tuple[Any, np.ndarray]] = {}
+    keys = []
     for m in models:
         plan = dict(m.plan)
         if options.spacing_mm is not None:
             plan["spacing_mm"] = [float(s) for s in options.spacing_mm]
         key = repr(sorted(plan.items()))
-        plans.append(key)
-        if key not in prepared:
-            report("preprocess", len(prepared), len(set(plans)))
-            prepared[key] = preprocess_for_model(volume, plan)
+        keys.append(key)
+        if key not in images:
+            report("preprocess", len(images), len(set(keys)))
+            images[key] = preprocess_for_model(volume, plan)
     report("preprocess", 1, 1)
+    return PreparedInput(images, keys)
 
-    # 2-3. sliding window (+TTA) per model, averaged on the first model's grid
+
+def run_models(
+    prepared: PreparedInput,
+    models: list[LoadedModel],
+    options: InferenceOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[Any, np.ndarray]:
+    """Steps 2–3 of `segment_volume`: sliding window (+TTA) per model, ensemble average.
+
+    Returns:
+        ``(probabilities, affine)``: float32 CPU tensor ``(C, X, Y, Z)`` on the first model's
+        preprocessed grid, and that grid's voxel→RAS affine.
+    """
+    options = options or InferenceOptions()
+    report = progress or (lambda stage, done, total: None)
     totals = []
-    for m, key in zip(models, plans):
-        img = prepared[key][0]
+    for m, key in zip(models, prepared.plan_keys):
+        img = prepared.images[key][0]
         roi = tuple(int(r) for r in (options.roi_size or m.inference["roi_size"]))
         overlap = float(options.overlap if options.overlap is not None else m.inference.get("overlap", 0.25))
         sw_bs = int(options.sw_batch_size or m.inference.get("sw_batch_size", 1))
@@ -766,12 +779,12 @@ def segment_volume(
         done[0] += 1
         report("infer", min(done[0], total), total)
 
-    ref_key = plans[0]
-    ref_affine = prepared[ref_key][1]
-    ref_shape = tuple(prepared[ref_key][0].shape[2:])
+    ref_key = prepared.plan_keys[0]
+    ref_affine = prepared.images[ref_key][1]
+    ref_shape = tuple(prepared.images[ref_key][0].shape[2:])
     acc = None
-    for m, key in zip(models, plans):
-        img, aff = prepared[key]
+    for m, key in zip(models, prepared.plan_keys):
+        img, aff = prepared.images[key]
         probs = predict_probabilities(m, img, options, on_window)
         if key != ref_key:
             probs = resample_probabilities(probs, aff, ref_affine, ref_shape)
@@ -779,21 +792,33 @@ def segment_volume(
     if len(models) > 1:
         acc /= len(models)
     report("infer", total, total)
-    del prepared
+    return acc, ref_affine
 
-    # 4. back onto the original grid
+
+def finish_segmentation(
+    volume: Volume,
+    probabilities: Any,
+    affine: np.ndarray,
+    models: list[LoadedModel],
+    options: InferenceOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> Volume:
+    """Steps 4–5 of `segment_volume`: labels on `volume`'s grid, then post-processing.
+
+    Needs no network (`segment_batch` runs it in a worker process). `probabilities` and
+    `affine` come from `run_models`; `probabilities` is not modified.
+    """
+    options = options or InferenceOptions()
+    report = progress or (lambda stage, done, total: None)
     labels, probs_orig = labels_on_grid(
-        acc,
-        ref_affine,
+        probabilities,
+        affine,
         volume.affine,
         volume.shape,
-        channel_values,
+        models[0].channel_values,
         keep_probabilities=options.probabilities,
         on_slab=lambda d, t: report("resample", d, t),
     )
-    del acc
-
-    # 5. post-process
     if options.largest_component or options.fill_holes:
         report("postprocess", 0, 1)
         from medseg.inference.postprocess import fill_holes, keep_largest_component
@@ -815,6 +840,42 @@ def segment_volume(
     if probs_orig is not None:
         result.meta["probabilities"] = probs_orig
     return result
+
+
+def segment_volume(
+    volume: Volume,
+    models: list[LoadedModel],
+    options: InferenceOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> Volume:
+    """Segment one volume with one model or an ensemble; the label map lies on `volume`'s grid.
+
+    `prepare_input` → `run_models` → `finish_segmentation` in this process.
+
+    Args:
+        volume: the image (3-D, any orientation/spacing), e.g. from `medseg.io.load_volume`.
+        models: from `load_models` (one, or several with the same labels to ensemble).
+        options: see `InferenceOptions` (defaults: checkpoint window settings, no TTA, no
+            post-processing).
+        progress: optional ``progress(stage, done, total)`` callback.
+
+    Returns:
+        A `Volume` with the same affine and shape as `volume`, integer labels (uint8, uint16 for
+        values above 255), ``meta["label_names"]`` (value → name), ``meta["models"]``
+        (checkpoint fingerprints) and, if asked, ``meta["probabilities"]`` (float32 ``(X, Y, Z, C)``).
+
+    Raises:
+        InputError: not 3-D, modality mismatch, or more memory needed than available.
+
+    Example:
+        >>> models = load_models(["run/checkpoints/best.pt"])          # doctest: +SKIP
+        >>> seg = segment_volume(load_volume("ct.nii.gz"), models)      # doctest: +SKIP
+    """
+    options = options or InferenceOptions()
+    prepared = prepare_input(volume, models, options, progress)
+    probs, affine = run_models(prepared, models, options, progress)
+    del prepared
+    return finish_segmentation(volume, probs, affine, models, options, progress)
 
 
 def _source_meta(volume: Volume) -> dict[str, Any]:

@@ -123,6 +123,37 @@ def test_seg_matches_nifti_voxel_by_voxel_on_the_original_grid(batch, part):
     assert done["outputs"] == rec.outputs and done["model_fingerprints"]
 
 
+def test_worker_processes_write_the_same_outputs(batch, dicom_tree, trained_ckpt, tmp_path):
+    """workers=1: reading/preprocessing and resampling/writing run in a worker process; the
+    statuses, reasons, label maps and SEG frames equal those of the one-process batch."""
+    from medseg.io.seg import read_dicom_seg
+
+    opts = BatchOptions(inference=FAST.inference, progress=False, workers=1)
+    res = segment_batch(dicom_tree, tmp_path / "w", [trained_ckpt], opts)
+    assert [(r.stem, r.status, r.reason, r.n_slices, r.modality) for r in res.records] == [
+        (r.stem, r.status, r.reason, r.n_slices, r.modality) for r in batch.records]
+    for rec in (r for r in res.records if r.status == "done"):
+        d, ref = res.out_dir / rec.stem, batch.out_dir / rec.stem
+        assert rec.outputs == _by_source(batch, rec.source).outputs
+        timings = json.loads((d / DONE_MARKER).read_text())["timings"]
+        assert "finish_s" in timings  # set by the worker's finish step only
+        labels = read_nifti(d / "labels.nii.gz")
+        np.testing.assert_array_equal(labels.array, read_nifti(ref / "labels.nii.gz").array)
+        source = read_dicom_series(rec.series)
+        np.testing.assert_array_equal(read_dicom_seg(d / "seg.dcm", source).array, labels.array)
+        assert (d / "volumes.csv").read_text() == (ref / "volumes.csv").read_text()
+
+
+def test_default_workers_follow_the_cpu_count(monkeypatch):
+    import torch
+
+    from medseg.inference import workers
+
+    for cpus, dev, expected in ((1, "cpu", 0), (2, "cuda", 0), (4, "cpu", 1), (16, "cpu", 1), (4, "cuda", 1), (16, "cuda", 2)):
+        monkeypatch.setattr(workers.os, "cpu_count", lambda c=cpus: c)
+        assert workers.default_workers(torch.device(dev)) == expected, (cpus, dev)
+
+
 def test_cli_rerun_skips_done_series_and_exits_1_on_failure(batch, dicom_tree, trained_ckpt):
     from typer.testing import CliRunner
 
@@ -175,8 +206,28 @@ def test_resume_after_an_interruption(tmp_path, sample, trained_ckpt, monkeypatc
         ("copy 0", "skipped", False), ("copy 1", "done", False)]
 
 
-def test_resume_after_sigkill(tmp_path, sample, trained_ckpt):
-    """Kill -9 a real `medseg segment` mid-batch: no half-written outputs; a re-run finishes."""
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out |= {int(c) for c in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:"))
+    except (OSError, StopIteration):
+        return False
+    return "Z" not in state.split()[1]
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_resume_after_sigkill(tmp_path, sample, trained_ckpt, workers):
+    """Kill -9 a real `medseg segment` mid-batch: no half-written outputs; a re-run finishes;
+    worker processes do not outlive the killed batch."""
     vol = read_volume(sample("ct_small"))
     tree = tmp_path / "in"
     for n in range(4):
@@ -185,17 +236,25 @@ def test_resume_after_sigkill(tmp_path, sample, trained_ckpt):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "medseg", "segment", str(tree), str(out), "-m", str(trained_ckpt),
-         "--device", "cpu", "--overlap", "0", "--no-progress"],
+         "--device", "cpu", "--overlap", "0", "--no-progress", "--workers", str(workers)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )
     deadline = time.monotonic() + 120
+    children: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:
+        children |= _children(proc.pid)
         if any(out.glob(f"*/{DONE_MARKER}")):
             break
         time.sleep(0.02)
     killed_mid_batch = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    if workers:
+        assert children, "no worker process was started"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_running(c) for c in children):
+            time.sleep(0.1)
+        assert not any(_running(c) for c in children), "worker processes outlived the killed batch"
     done_before = {p.parent.name for p in out.glob(f"*/{DONE_MARKER}")}
     assert done_before, "no series finished before the kill"
     for d in (p for p in out.iterdir() if p.is_dir()):
