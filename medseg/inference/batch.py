@@ -653,9 +653,9 @@ def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], optio
                       bars: _Progress, finished: Any, n_workers: int, in_flight: list) -> None:
     """The network here, everything else in `n_workers` worker processes (series n → lane n mod W).
 
-    Per lane, tasks run in submission order: prepare(n+W) is queued before finish(n), so the
-    next series is ready when the forward of this one ends, and at most two series per lane
-    are in a worker's memory.
+    Per lane, tasks run in submission order: prepare(n+W) is queued when the forward of n
+    starts, after finish(n-W), so both run during that forward and the next series is ready
+    when it ends; a worker holds at most three series (finishing, prepared, next).
     """
     import torch
 
@@ -689,9 +689,12 @@ def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], optio
             bars.start_series(rec.stem)
             t0 = time.perf_counter()
             prepared = None
+            fut = prepared_futs.pop(n)
+            if n + n_workers < len(todo):  # the next read of this lane runs during this forward
+                prepared_futs[n + n_workers] = lane(n + n_workers).submit(prepare_series, todo[n + n_workers])
             try:
                 try:
-                    prepared, fields = prepared_futs.pop(n).result()
+                    prepared, fields = fut.result()
                 except BrokenProcessPool:
                     # the worker died, maybe over another series: this one gets a fresh worker once
                     prepared, fields = lane(n).submit(prepare_series, rec).result()
@@ -701,8 +704,6 @@ def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], optio
                 probs, affine = run_models(prepared, models, options.inference, progress=bars.step)
                 prepared = None
                 timings = {"segment_s": round(time.perf_counter() - t0, 3)}
-                if n + n_workers < len(todo):  # queue the next read on this lane before this write
-                    prepared_futs[n + n_workers] = lane(n + n_workers).submit(prepare_series, todo[n + n_workers])
                 bars.step("writing", 0, 1)
                 in_flight.append((rec, lane(n).submit(finish_series, rec, probs, affine, series_dir, timings), t0))
                 del probs
@@ -710,8 +711,6 @@ def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], optio
                 if prepared is not None:
                     lane(n).submit(drop_series, rec.key)
                 finished(rec, t0, bars, exc=exc)
-                if n + n_workers < len(todo) and n + n_workers not in prepared_futs:
-                    prepared_futs[n + n_workers] = lane(n + n_workers).submit(prepare_series, todo[n + n_workers])
             collect(block_over=n_workers)
         collect(block_over=0)
     finally:
