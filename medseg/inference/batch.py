@@ -350,24 +350,29 @@ def write_series_outputs(
     from medseg.inference.outputs import label_statistics, write_qa_png, write_volumes_csv
     from medseg.io.nifti import write_nifti
 
+    from medseg.io.volume import box_copy, foreground_box, label_values_present
+
     timings = dict(timings or {})
     names = seg.meta["label_names"]
     outputs: dict[str, str] = {}
     t1 = time.perf_counter()
+    box = foreground_box(seg.array)
+    present = label_values_present(box_copy(seg.array, box)) if box is not None else []  # once for SEG and QA
     write_nifti(Volume(seg.array, seg.affine), series_dir / "labels.nii.gz")
     outputs["labels"] = "labels.nii.gz"
     if options.dicom_seg and record.kind == "dicom":
         from medseg import __version__
         from medseg.io.seg import write_dicom_seg
 
-        write_dicom_seg(seg.array, volume, names, series_dir / "seg.dcm", algorithm_name="medseg", algorithm_version=__version__)
+        write_dicom_seg(seg.array, volume, names, series_dir / "seg.dcm", algorithm_name="medseg", algorithm_version=__version__,
+                        values=present)
         outputs["dicom_seg"] = "seg.dcm"
     stats = label_statistics(volume, seg.array, names)
     write_volumes_csv(stats, series_dir / "volumes.csv")
     outputs["volumes"] = "volumes.csv"
     if options.qa_png:
         title = f"{record.stem} — {', '.join(m.path.name for m in models)}"
-        write_qa_png(volume, seg.array, names, series_dir / "qa.png", title=title)
+        write_qa_png(volume, seg.array, names, series_dir / "qa.png", title=title, values=present)
         outputs["qa"] = "qa.png"
     if "probabilities" in seg.meta:
         write_nifti(Volume(seg.meta["probabilities"], seg.affine), series_dir / "probabilities.nii.gz")

@@ -446,6 +446,12 @@ class _SlabSampler:
             )
         return self._cells_zyx
 
+    def channels_last(self) -> Any:
+        """The source as ``(Z', X', Y', C)`` (cached): corner gathers read C contiguous values."""
+        if getattr(self, "_cl", None) is None:
+            self._cl = self.src.permute(0, 2, 3, 1).contiguous()
+        return self._cl
+
     def cell_maps(self) -> tuple[Any, Any]:
         """Source argmax ``(Z', X', Y')`` and whether each cell's 8 corners share it (cached)."""
         import torch
@@ -524,16 +530,19 @@ def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int, xs: slice = slice(
     zi, yi, xi = zs0.numpy(), y0.numpy(), x0.numpy()
     lab = np.take(np.take(cell_label[zi], yi, axis=1), xi, axis=2)  # (ks, Y, X) argmax at the cell's lower corner
     mixed = ~np.take(np.take(uniform[zi], yi, axis=1), xi, axis=2)
-    if mixed.any():
-        kz, ky, kx = (torch.from_numpy(k) for k in np.nonzero(mixed))
-        src = sampler.src  # (Z', C, X', Y')
+    flat = np.flatnonzero(mixed)  # one index array: ~2× faster than np.nonzero's three
+    if flat.size:
+        kz_, rest = np.divmod(flat, mixed.shape[1] * mixed.shape[2])
+        ky_, kx_ = np.divmod(rest, mixed.shape[2])
+        kz, ky, kx = (torch.from_numpy(k) for k in (kz_, ky_, kx_))
+        src = sampler.channels_last()  # (Z', X', Y', C): each corner's C values in one cache line
         acc = None
         for zi_, zw in ((zs0[kz], 1 - wzs[kz]), (zs1[kz], wzs[kz])):
             for xi_, xw in ((x0[kx], 1 - wx[kx]), (x1[kx], wx[kx])):
                 for yi_, yw in ((y0[ky], 1 - wy[ky]), (y1[ky], wy[ky])):
-                    term = src[zi_, :, xi_, yi_] * (zw * xw * yw)[:, None]  # (N, C)
+                    term = src[zi_, xi_, yi_] * (zw * xw * yw)[:, None]  # (N, C)
                     acc = term if acc is None else acc.add_(term)
-        lab[kz.numpy(), ky.numpy(), kx.numpy()] = torch.max(acc, dim=1).indices.numpy().astype(lab.dtype)
+        np.put(lab, flat, torch.max(acc, dim=1).indices.numpy().astype(lab.dtype))
     return lab
 
 

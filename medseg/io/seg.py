@@ -92,6 +92,7 @@ def write_dicom_seg(
     *,
     algorithm_name: str = "medseg",
     algorithm_version: str | None = None,
+    values: list[int] | None = None,
 ) -> Path:
     """Write an integer label map as a DICOM SEG referencing `source`'s DICOM images.
 
@@ -104,6 +105,8 @@ def write_dicom_seg(
             segments, so a SEG always lists the model's classes.
         path: output file (written atomically).
         algorithm_name, algorithm_version: recorded in each segment's algorithm identification.
+        values: the label values present in `labels`, when the caller knows them (saves
+            counting them again).
 
     Returns:
         `path`.
@@ -123,7 +126,12 @@ def write_dicom_seg(
         raise GeometryError(f"label map shape {labels.shape} does not match the source volume {source.shape}")
     # labels fill a small box of a CT: values and frames come from that box only
     box = foreground_box(labels) if labels.dtype.kind in "uib" else (slice(None),) * 3
-    present = [] if box is None else _label_values_present(box_copy(labels, box))
+    if box is None:
+        present = []
+    elif values is not None:
+        present = sorted({int(v) for v in values if int(v) > 0})
+    else:
+        present = _label_values_present(box_copy(labels, box))
     if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
         labels = labels.astype(np.uint8 if labels.dtype == np.bool_ else np.int64)  # index-safe for the LUT below
     values = sorted(set(present) | {int(k) for k in label_names if int(k) > 0})

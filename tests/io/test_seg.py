@@ -91,6 +91,17 @@ def test_empty_labels_and_errors(tmp_path, ct_and_organs, sample):
         read_dicom_seg(p, other)
 
 
+def test_seg_with_known_label_values_is_the_same(tmp_path, ct_and_organs):
+    """`values=` (the batch counts them once for SEG and QA) gives the same segments and frames."""
+    ct, organs = ct_and_organs
+    counted = read_dicom_seg(write_dicom_seg(organs, ct, ORGANS, tmp_path / "a.dcm"), ct)
+    given = read_dicom_seg(write_dicom_seg(organs, ct, ORGANS, tmp_path / "b.dcm", values=[52, 6, 5, 1, 0]), ct)
+    assert given.meta["label_names"] == counted.meta["label_names"] == ORGANS
+    np.testing.assert_array_equal(given.array, counted.array)
+    a, b = hd.seg.segread(str(tmp_path / "a.dcm")), hd.seg.segread(str(tmp_path / "b.dcm"))
+    assert a.NumberOfFrames == b.NumberOfFrames and a.PixelData == b.PixelData
+
+
 def test_label_values_present_for_every_label_dtype():
     import numpy as np
     import pytest

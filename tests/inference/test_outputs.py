@@ -1,0 +1,72 @@
+"""QA picture slice choice and volume statistics on a real CT series in several voxel orders."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medseg.inference.outputs import _to_ras, label_statistics, qa_slices, write_qa_png
+from medseg.io import Volume
+from medseg.io.dicom import read_dicom_series
+
+
+def _reoriented(vol: Volume, labels: np.ndarray, codes: str) -> tuple[Volume, np.ndarray]:
+    """The same image and labels stored in another voxel order (e.g. 'LPS', 'SRA')."""
+    start = nib.orientations.io_orientation(vol.affine)
+    target = nib.orientations.axcodes2ornt(tuple(codes))
+    t = nib.orientations.ornt_transform(start, target)
+    affine = vol.affine @ nib.orientations.inv_ornt_aff(t, vol.shape)
+    arr = np.asfortranarray(nib.orientations.apply_orientation(np.asarray(vol.array), t))
+    lab = np.asfortranarray(nib.orientations.apply_orientation(labels, t))
+    return Volume(arr, affine, dict(vol.meta)), lab
+
+
+def _brute_force(labels: np.ndarray, affine: np.ndarray, n_axial: int = 3):
+    lab, _ = _to_ras(labels, affine)
+    zs = np.flatnonzero(lab.any(axis=(0, 1)))
+    jy = np.flatnonzero(lab.any(axis=(0, 2)))
+    ks = sorted({int(zs[int(round(q * (len(zs) - 1)))]) for q in np.linspace(0.2, 0.8, n_axial)})
+    return ks, int(np.median(jy)), sorted(int(v) for v in np.unique(lab) if v)
+
+
+@pytest.fixture(scope="module")
+def ct_with_labels(sample):
+    vol = read_dicom_series(sample("ct_dicom"))  # real CT, 512×512×20, LPS-like DICOM order
+    labels = np.zeros(vol.shape, dtype=np.uint8, order="F")
+    labels[100:220, 150:260, 3:9] = 1  # an off-centre block...
+    labels[300:330, 200:240, 12:19] = 3  # ...and a second label higher up, further right
+    return vol, labels
+
+
+@pytest.mark.parametrize("codes", [None, "RAS", "LPI", "SRA", "AIL"])
+def test_qa_slices_hold_labels_in_any_voxel_order(ct_with_labels, codes, tmp_path):
+    vol, labels = ct_with_labels
+    if codes:
+        vol, labels = _reoriented(vol, labels, codes)
+    ks, j, present = qa_slices(labels, vol.affine)
+    assert (ks, j, present) == _brute_force(labels, vol.affine)
+    assert qa_slices(labels, vol.affine, values=[3, 1, 0]) == (ks, j, [1, 3])
+    lab_ras, _ = _to_ras(labels, vol.affine)
+    assert all(lab_ras[:, :, k].any() for k in ks) and lab_ras[:, j, :].any()
+    out = write_qa_png(vol, labels, {1: "liver", 3: "kidney"}, tmp_path / "qa.png", title="test")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_qa_slices_without_labels(ct_with_labels):
+    vol, labels = ct_with_labels
+    ks, j, present = qa_slices(np.zeros_like(labels), vol.affine)
+    assert present == [] and len(ks) == 3 and 0 <= min(ks) and max(ks) < 20 and j == 256
+
+
+def test_label_statistics_match_numpy(ct_with_labels):
+    vol, labels = ct_with_labels
+    rows = {r["label"]: r for r in label_statistics(vol, labels, {1: "a", 2: "absent", 3: "b"})}
+    voxel_ml = abs(np.linalg.det(vol.affine[:3, :3])) / 1000
+    for v in (1, 3):
+        hu = np.asarray(vol.array)[labels == v].astype(np.float64)
+        assert rows[v]["voxels"] == hu.size
+        assert rows[v]["volume_ml"] == pytest.approx(hu.size * voxel_ml, abs=1e-4)  # rounded to 0.1 µL
+        assert rows[v]["mean_intensity"] == pytest.approx(hu.mean(), abs=1e-3)
+        assert rows[v]["std_intensity"] == pytest.approx(hu.std(), abs=1e-3)
+    assert rows[2]["voxels"] == 0 and np.isnan(rows[2]["mean_intensity"])
