@@ -13,6 +13,7 @@ segment also carries ``TrackingID = "medseg label <value>"`` (with a TrackingUID
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -76,6 +77,35 @@ def _source_datasets(source: Volume) -> tuple[list[Any], list[Any]]:
     return datasets, frames
 
 
+def _memoize_highdicom_iod_lookup() -> None:
+    """Cache highdicom's ``is_attribute_in_iod`` (a linear scan of the standard's module tables).
+
+    highdicom asks it once per source image (``is_multiframe_image``): 300 scans of 0.4 ms for
+    a 300-slice series, ~0.1 s of every SEG. The tables are constants, so a cache keyed by the
+    arguments gives the same answers (tested). Private highdicom API: if it is not there, or
+    the arguments are not hashable, the original function runs.
+    """
+    try:
+        from highdicom import _standard_utils as su
+    except ImportError:  # pragma: no cover - other highdicom layout
+        return
+    original = getattr(su, "is_attribute_in_iod", None)
+    if original is None or getattr(original, "_medseg_cached", False):
+        return
+    cached = functools.lru_cache(maxsize=1024)(original)
+
+    @functools.wraps(original)
+    def lookup(attribute: Any, sop_class_uid: Any, exclude_path_elements: Any = None) -> bool:
+        try:
+            key = None if exclude_path_elements is None else tuple(exclude_path_elements)
+            return cached(attribute, str(sop_class_uid), key)
+        except TypeError:  # unhashable arguments
+            return original(attribute, sop_class_uid, exclude_path_elements)
+
+    lookup._medseg_cached = True  # type: ignore[attr-defined]
+    su.is_attribute_in_iod = lookup
+
+
 def _label_values_present(labels: np.ndarray) -> list[int]:
     """`label_values_present`, its errors as `DicomError` (the SEG writer's error family)."""
     try:
@@ -121,6 +151,7 @@ def write_dicom_seg(
 
     from medseg import __version__
 
+    _memoize_highdicom_iod_lookup()
     labels = np.asarray(labels)
     if labels.shape[:3] != source.shape or labels.ndim != 3:
         raise GeometryError(f"label map shape {labels.shape} does not match the source volume {source.shape}")

@@ -102,6 +102,27 @@ def test_seg_with_known_label_values_is_the_same(tmp_path, ct_and_organs):
     assert a.NumberOfFrames == b.NumberOfFrames and a.PixelData == b.PixelData
 
 
+def test_cached_highdicom_iod_lookup_gives_the_same_answers(tmp_path, ct_and_organs):
+    from highdicom import _standard_utils as su
+
+    from medseg.io.seg import _memoize_highdicom_iod_lookup
+
+    ct, organs = ct_and_organs
+    write_dicom_seg(organs, ct, ORGANS, tmp_path / "seg.dcm")  # installs the cache
+    _memoize_highdicom_iod_lookup()  # idempotent
+    cached = su.is_attribute_in_iod
+    assert getattr(cached, "_medseg_cached", False)
+    original = cached.__wrapped__
+    ct_image, enhanced_ct, seg = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.66.4"
+    for keyword in ("PerFrameFunctionalGroupsSequence", "PixelData", "ImagePositionPatient", "SegmentSequence"):
+        for uid in (ct_image, enhanced_ct, seg):
+            for exclude in (None, ["IconImageSequence"]):
+                assert cached(keyword, uid, exclude) == original(keyword, uid, exclude), (keyword, uid, exclude)
+    assert cached("PerFrameFunctionalGroupsSequence", enhanced_ct) and not cached("PerFrameFunctionalGroupsSequence", ct_image)
+    with pytest.raises(KeyError):
+        cached("PixelData", "1.2.3.4")  # unknown SOP class: highdicom's own error
+
+
 def test_label_values_present_for_every_label_dtype():
     import numpy as np
     import pytest
