@@ -16,7 +16,10 @@ Measured, model loaded once, page cache warm:
    volumes CSV + QA PNG + manifest), and the same steps timed one by one;
 2. **bare MONAI** = `sliding_window_inference(image, roi, sw_batch_size, network, overlap,
    mode="gaussian")` on the same preprocessed array: the network forward a user pays anyway;
-3. overhead = (end to end − bare) / bare; the issue's goal is ≤ 15 %;
+3. overhead = (end to end − bare) / bare; the issue's goal is ≤ 15 %; the same for batches of
+   3 series in one process (``--workers 0``, the default below 4 CPUs) and with a worker
+   process (``--workers 1``; torch here on one thread fewer), whose steady state per series
+   (3-series time − 2-series time) is compared with bare MONAI on that many threads;
 4. the network's achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) against the
    machine's measured peak (large fp32 matmul and a large 3-D convolution);
 5. CPU options on a fixed set of windows: threads, bf16 autocast, channels-last-3d,
