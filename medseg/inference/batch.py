@@ -656,23 +656,26 @@ def _run_here(todo: list[SeriesRecord], models: list[LoadedModel], options: Batc
 
 def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], options: BatchOptions, out_dir: Path,
                       bars: _Progress, finished: Any, n_workers: int, in_flight: list) -> None:
-    """The network here, everything else in `n_workers` worker processes (series n → lane n mod W).
+    """The network here, everything else in `n_workers` worker processes.
 
-    Per lane, tasks run in submission order: prepare(n+W) is queued when the forward of n
-    starts, after finish(n-W), so both run during that forward and the next series is ready
-    when it ends; a worker holds at most three series (finishing, prepared, next).
+    The first series is segmented here from start to end while the workers start (importing
+    torch, MONAI and medseg takes them ~2 s) and read the next ones. Series n ≥ 1 go to lane
+    (n - 1) mod W; per lane, tasks run in submission order: prepare(n+W) is queued when the
+    forward of n starts, after finish(n-W), so both run during that forward and the next series
+    is ready when it ends; a worker holds at most three series (finishing, prepared, next).
     """
     import torch
 
-    from medseg.inference.predict import run_models
-    from medseg.inference.workers import Lane, drop_series, finish_series, prepare_series
+    from medseg.inference.predict import finish_segmentation, prepare_input, run_models
+    from medseg.inference.workers import Lane, ThreadLender, busy_counter, drop_series, finish_series, prepare_series
 
     threads_before = torch.get_num_threads()
     on_cpu = all(getattr(m.device, "type", "cpu") == "cpu" for m in models)
-    if on_cpu and threads_before > 1:
-        torch.set_num_threads(max(1, threads_before - n_workers))  # the workers need their cores
-    lanes = [Lane(models, options) for _ in range(n_workers)]
-    lane = lambda n: lanes[n % n_workers]  # noqa: E731
+    busy = busy_counter()
+    # on a CPU device, torch here gets the cores the workers leave free, window by window
+    lend = ThreadLender(busy, threads_before) if on_cpu and threads_before > 1 else None
+    lanes = [Lane(models, options, busy) for _ in range(n_workers)]
+    lane = lambda n: lanes[(n - 1) % n_workers]  # noqa: E731
     prepared_futs: dict[int, cf.Future] = {}
 
     def collect(block_over: int) -> None:
@@ -688,9 +691,31 @@ def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], optio
             in_flight.pop(0)
 
     try:
-        for n in range(min(n_workers, len(todo))):
+        for n in range(1, min(n_workers, len(todo) - 1) + 1):
             prepared_futs[n] = lane(n).submit(prepare_series, todo[n])
-        for n, rec in enumerate(todo):
+        # series 0, here
+        rec = todo[0]
+        bars.start_series(rec.stem)
+        t0 = time.perf_counter()
+        try:
+            volume = _load(rec)
+            series_dir = out_dir / rec.stem
+            prepare_series_dir(series_dir)
+            _fill_record(rec, volume)
+            probs, affine = run_models(prepare_input(volume, models, options.inference, bars.step), models,
+                                       options.inference, progress=bars.step, before_window=lend)
+            timings = {"segment_s": round(time.perf_counter() - t0, 3)}
+            seg = finish_segmentation(volume, probs, affine, models, options.inference, bars.step)
+            del probs
+            outputs = write_series_outputs(volume, seg, rec, models, series_dir, options, timings)
+        except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
+            finished(rec, t0, bars, exc=exc)
+        else:
+            finished(rec, t0, bars, outputs)
+        finally:
+            volume = seg = None  # noqa: F841
+        for n in range(1, len(todo)):
+            rec = todo[n]
             bars.start_series(rec.stem)
             t0 = time.perf_counter()
             prepared = None
@@ -706,7 +731,7 @@ def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], optio
                 rec.n_slices, rec.modality = fields["n_slices"], fields["modality"] or rec.modality
                 series_dir = out_dir / rec.stem
                 prepare_series_dir(series_dir)
-                probs, affine = run_models(prepared, models, options.inference, progress=bars.step)
+                probs, affine = run_models(prepared, models, options.inference, progress=bars.step, before_window=lend)
                 prepared = None
                 timings = {"segment_s": round(time.perf_counter() - t0, 3)}
                 bars.step("writing", 0, 1)

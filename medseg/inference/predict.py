@@ -244,6 +244,7 @@ def predict_probabilities(
     image: Any,
     options: InferenceOptions,
     on_window: Callable[[], None] | None = None,
+    before_window: Callable[[], None] | None = None,
 ) -> Any:
     """Softmax probabilities of `model` on a preprocessed image by sliding-window inference.
 
@@ -252,6 +253,8 @@ def predict_probabilities(
         image: float tensor ``(1, 1, X, Y, Z)`` on the CPU (from `preprocess_for_model`).
         options: window size/overlap/batch, AMP and TTA settings.
         on_window: called after every forward pass (progress).
+        before_window: called before every forward pass (`segment_batch` adjusts torch's
+            thread count there to the cores its worker processes leave free).
 
     Returns:
         float32 CPU tensor ``(C, X, Y, Z)`` (C = background + labels), averaged over TTA flips.
@@ -273,6 +276,8 @@ def predict_probabilities(
     n_expected = len(model.channel_values)
 
     def predictor(x: torch.Tensor) -> torch.Tensor:
+        if before_window is not None:
+            before_window()
         with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
             logits = model.network(x)
         if isinstance(logits, (list, tuple)):  # deep supervision heads: the first is full-res
@@ -765,8 +770,11 @@ def run_models(
     models: list[LoadedModel],
     options: InferenceOptions | None = None,
     progress: ProgressFn | None = None,
+    before_window: Callable[[], None] | None = None,
 ) -> tuple[Any, np.ndarray]:
     """Steps 2–3 of `segment_volume`: sliding window (+TTA) per model, ensemble average.
+
+    `before_window` is called before every forward pass (see `predict_probabilities`).
 
     Returns:
         ``(probabilities, affine)``: float32 CPU tensor ``(C, X, Y, Z)`` on the first model's
@@ -794,7 +802,7 @@ def run_models(
     acc = None
     for m, key in zip(models, prepared.plan_keys):
         img, aff = prepared.images[key]
-        probs = predict_probabilities(m, img, options, on_window)
+        probs = predict_probabilities(m, img, options, on_window, before_window)
         if key != ref_key:
             probs = resample_probabilities(probs, aff, ref_affine, ref_shape)
         acc = probs if acc is None else acc.add_(probs)

@@ -124,24 +124,26 @@ def test_seg_matches_nifti_voxel_by_voxel_on_the_original_grid(batch, part):
 
 
 def test_worker_processes_write_the_same_outputs(batch, dicom_tree, trained_ckpt, tmp_path):
-    """workers=1: reading/preprocessing and resampling/writing run in a worker process; the
-    statuses, reasons, label maps and SEG frames equal those of the one-process batch."""
+    """workers=1: the first series runs here, the others are read/preprocessed and
+    resampled/written in a worker process; the statuses, reasons, label maps and SEG frames
+    equal those of the one-process batch."""
     from medseg.io.seg import read_dicom_seg
 
     opts = BatchOptions(inference=FAST.inference, progress=False, workers=1)
     res = segment_batch(dicom_tree, tmp_path / "w", [trained_ckpt], opts)
     assert [(r.stem, r.status, r.reason, r.n_slices, r.modality) for r in res.records] == [
         (r.stem, r.status, r.reason, r.n_slices, r.modality) for r in batch.records]
+    in_worker = 0
     for rec in (r for r in res.records if r.status == "done"):
         d, ref = res.out_dir / rec.stem, batch.out_dir / rec.stem
         assert rec.outputs == _by_source(batch, rec.source).outputs
-        timings = json.loads((d / DONE_MARKER).read_text())["timings"]
-        assert "finish_s" in timings  # set by the worker's finish step only
+        in_worker += "finish_s" in json.loads((d / DONE_MARKER).read_text())["timings"]  # set by workers only
         labels = read_nifti(d / "labels.nii.gz")
         np.testing.assert_array_equal(labels.array, read_nifti(ref / "labels.nii.gz").array)
         source = read_dicom_series(rec.series)
         np.testing.assert_array_equal(read_dicom_seg(d / "seg.dcm", source).array, labels.array)
         assert (d / "volumes.csv").read_text() == (ref / "volumes.csv").read_text()
+    assert in_worker >= 1  # 3 CT series, the 1st here: at least one of the 2 good ones went to the worker
 
 
 def test_default_workers_follow_the_cpu_count(monkeypatch):
@@ -152,6 +154,23 @@ def test_default_workers_follow_the_cpu_count(monkeypatch):
     for cpus, dev, expected in ((1, "cpu", 0), (2, "cuda", 0), (4, "cpu", 1), (16, "cpu", 1), (4, "cuda", 1), (16, "cuda", 2)):
         monkeypatch.setattr(workers.os, "cpu_count", lambda c=cpus: c)
         assert workers.default_workers(torch.device(dev)) == expected, (cpus, dev)
+
+
+def test_threads_lent_to_busy_workers():
+    import torch
+
+    from medseg.inference.workers import ThreadLender, busy_counter
+
+    before = torch.get_num_threads()
+    busy = busy_counter()
+    lend = ThreadLender(busy, 3)
+    try:
+        for n_busy, expected in ((0, 3), (1, 2), (2, 1), (5, 1), (0, 3)):
+            busy.value = n_busy
+            lend()
+            assert torch.get_num_threads() == expected, n_busy
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_cli_rerun_skips_done_series_and_exits_1_on_failure(batch, dicom_tree, trained_ckpt):
