@@ -173,6 +173,26 @@ def test_threads_lent_to_busy_workers():
         torch.set_num_threads(before)
 
 
+def _exit_now() -> None:
+    os._exit(3)  # a worker killed by the OOM killer looks like this to its pool
+
+
+def test_a_dead_worker_is_replaced(trained_ckpt):
+    from medseg.inference import load_models
+    from medseg.inference.workers import Lane, busy_counter, is_worker_death
+
+    lane = Lane(load_models([trained_ckpt], "cpu"), FAST, busy_counter())
+    try:
+        first = lane.submit(os.getpid).result()
+        with pytest.raises(Exception) as info:
+            lane.submit(_exit_now).result()
+        assert is_worker_death(info.value)
+        second = lane.submit(os.getpid).result()  # a fresh worker process
+        assert first != second != os.getpid()
+    finally:
+        lane.shutdown()
+
+
 def test_cli_rerun_skips_done_series_and_exits_1_on_failure(batch, dicom_tree, trained_ckpt):
     from typer.testing import CliRunner
 
