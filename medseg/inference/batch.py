@@ -52,7 +52,7 @@ from typing import Any
 
 from medseg.errors import InputError, MedsegError
 from medseg.inference.model import LoadedModel, load_models
-from medseg.inference.predict import InferenceOptions, segment_volume
+from medseg.inference.predict import InferenceOptions
 from medseg.inference.workers import default_workers, is_worker_death
 from medseg.io.atomic import write_json_atomic, write_text_atomic
 from medseg.io.volume import Volume
@@ -82,8 +82,8 @@ class BatchOptions:
         shard: ``(i, n)``, 1 ≤ i ≤ n: process only this shard of the series.
         workers: worker processes that read/preprocess and post-process/write series while
             this process runs the network (0: everything here, one series after the other;
-            None: `medseg.inference.workers.default_workers`, 0 below 4 CPUs). With workers on
-            a CPU device, torch here uses that many threads fewer.
+            None: `medseg.inference.workers.default_workers`, 0 below 4 CPUs). On a CPU device,
+            torch here lends a thread to each worker while it works.
         progress: show rich progress bars on stderr.
     """
 
@@ -349,7 +349,6 @@ def write_series_outputs(
     """
     from medseg.inference.outputs import label_statistics, write_qa_png, write_volumes_csv
     from medseg.io.nifti import write_nifti
-
     from medseg.io.volume import box_copy, foreground_box, label_values_present
 
     timings = dict(timings or {})
@@ -402,17 +401,25 @@ def segment_series(
     series_dir: Path,
     options: BatchOptions,
     progress: Any = None,
+    before_window: Any = None,
 ) -> dict[str, str]:
-    """Segment one loaded series and write its outputs, completion marker last (no overlap).
+    """Segment one loaded series and write its outputs, completion marker last, in this process.
+
+    `before_window` is called before every forward pass (see `run_models`).
 
     Returns:
         output kind → file name inside `series_dir`.
     """
+    from medseg.inference.predict import finish_segmentation, prepare_input, run_models
+
     prepare_series_dir(series_dir)
     _fill_record(record, volume)
     t0 = time.perf_counter()
-    seg = segment_volume(volume, models, options.inference, progress=progress)
+    probs, affine = run_models(prepare_input(volume, models, options.inference, progress), models, options.inference,
+                               progress, before_window)
     timings = {"segment_s": round(time.perf_counter() - t0, 3)}
+    seg = finish_segmentation(volume, probs, affine, models, options.inference, progress)
+    del probs
     return write_series_outputs(volume, seg, record, models, series_dir, options, timings)
 
 
@@ -638,14 +645,14 @@ def segment_batch(
 
 
 def _run_here(todo: list[SeriesRecord], models: list[LoadedModel], options: BatchOptions, out_dir: Path,
-              bars: _Progress, finished: Any) -> None:
+              bars: _Progress, finished: Any, before_window: Any = None) -> None:
     """One series after the other, all in this process."""
     for rec in todo:
         bars.start_series(rec.stem)
         t0 = time.perf_counter()
         try:
             volume = _load(rec)
-            outputs = segment_series(volume, rec, models, out_dir / rec.stem, options, progress=bars.step)
+            outputs = segment_series(volume, rec, models, out_dir / rec.stem, options, bars.step, before_window)
         except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
             finished(rec, t0, bars, exc=exc)
         else:
@@ -666,7 +673,7 @@ def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], optio
     """
     import torch
 
-    from medseg.inference.predict import finish_segmentation, prepare_input, run_models
+    from medseg.inference.predict import run_models
     from medseg.inference.workers import Lane, ThreadLender, busy_counter, drop_series, finish_series, prepare_series
 
     threads_before = torch.get_num_threads()
@@ -693,27 +700,7 @@ def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], optio
     try:
         for n in range(1, min(n_workers, len(todo) - 1) + 1):
             prepared_futs[n] = lane(n).submit(prepare_series, todo[n])
-        # series 0, here
-        rec = todo[0]
-        bars.start_series(rec.stem)
-        t0 = time.perf_counter()
-        try:
-            volume = _load(rec)
-            series_dir = out_dir / rec.stem
-            prepare_series_dir(series_dir)
-            _fill_record(rec, volume)
-            probs, affine = run_models(prepare_input(volume, models, options.inference, bars.step), models,
-                                       options.inference, progress=bars.step, before_window=lend)
-            timings = {"segment_s": round(time.perf_counter() - t0, 3)}
-            seg = finish_segmentation(volume, probs, affine, models, options.inference, bars.step)
-            del probs
-            outputs = write_series_outputs(volume, seg, rec, models, series_dir, options, timings)
-        except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
-            finished(rec, t0, bars, exc=exc)
-        else:
-            finished(rec, t0, bars, outputs)
-        finally:
-            volume = seg = None  # noqa: F841
+        _run_here(todo[:1], models, options, out_dir, bars, finished, lend)  # series 0, here
         for n in range(1, len(todo)):
             rec = todo[n]
             bars.start_series(rec.stem)

@@ -12,7 +12,8 @@ switch interval each time, so the forward waits. Measured on the benchmark netwo
 box, torch on 1 thread, a pure-Python loop in a second thread: sliding window 8.85 s →
 21.6 s although a core was free (10.5 s with a 0.5 ms switch interval). Processes share no GIL.
 
-Each series stays with one worker ("lane", series n → lane n mod W) from reading to writing,
+The first series of a batch runs in the main process while the workers start; each later
+series stays with one worker ("lane", series n → lane (n - 1) mod W) from reading to writing,
 so the original volume never travels between processes; only the preprocessed image and the
 probabilities on the network's grid do, as torch tensors in shared memory (~0.06 s for the
 84 MB of a 512×512×300 CT at 3 mm; pickling numpy arrays through the pipe took 0.3-0.5 s).
@@ -42,10 +43,10 @@ _STATE: dict[str, Any] = {"volumes": {}}
 def default_workers(device: Any) -> int:
     """Worker processes `segment_batch` uses when not told: 0 on machines with fewer than 4 CPUs.
 
-    On 2 cores the overlap costs more than it saves (docs/benchmarks.md: the forward on both
-    cores is 7.8 s per series sequentially; with a worker on one core, the forward gets 1 core
-    and takes 8.9 s). With 4+ cores one worker (two with a GPU, whose forward leaves the CPUs
-    free) takes the CPU work off the forward's path.
+    On 2 cores the overlap costs more than it saves (docs/benchmarks.md, inference "Fourth
+    round": 7.72 s per 512×512×300 series in one process vs 8.26 s with a worker, batch of 6;
+    the forward takes 4.8 s on both cores, 8.7 s on one). With 4+ cores one worker (two with a
+    GPU, whose forward leaves the CPUs free) takes the CPU work off the forward's path.
     """
     n = os.cpu_count() or 1
     if n < 4:
@@ -63,16 +64,23 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)
 
 
-def _init(models: list[Any], options: Any, log_level: int, keep_memory: bool, threads: int, parent: int, busy: Any) -> None:
-    if busy is not None:  # starting up is work too (imports: ~2 s of CPU)
-        with busy.get_lock():
-            busy.value += 1
+@contextlib.contextmanager
+def _busy(counter: Any) -> Iterator[None]:
+    """Count this worker as busy in `counter` (the main process lends it a thread meanwhile)."""
+    if counter is not None:
+        with counter.get_lock():
+            counter.value += 1
     try:
-        _start(models, options, log_level, keep_memory, threads, parent, busy)
+        yield
     finally:
-        if busy is not None:
-            with busy.get_lock():
-                busy.value -= 1
+        if counter is not None:
+            with counter.get_lock():
+                counter.value -= 1
+
+
+def _init(models: list[Any], options: Any, log_level: int, keep_memory: bool, threads: int, parent: int, busy: Any) -> None:
+    with _busy(busy):  # starting up is work too (imports: ~2 s of CPU)
+        _start(models, options, log_level, keep_memory, threads, parent, busy)
 
 
 def _start(models: list[Any], options: Any, log_level: int, keep_memory: bool, threads: int, parent: int, busy: Any) -> None:
@@ -95,21 +103,6 @@ def _start(models: list[Any], options: Any, log_level: int, keep_memory: bool, t
     _STATE.update(models=models, options=options, volumes={}, busy=busy)
 
 
-@contextlib.contextmanager
-def _working() -> Iterator[None]:
-    """Count this worker as busy (the main process gives torch one thread fewer meanwhile)."""
-    busy = _STATE.get("busy")
-    if busy is not None:
-        with busy.get_lock():
-            busy.value += 1
-    try:
-        yield
-    finally:
-        if busy is not None:
-            with busy.get_lock():
-                busy.value -= 1
-
-
 def prepare_series(record: Any) -> tuple[Any, dict[str, Any]]:
     """In a worker: read the series and preprocess it; the volume stays here for `finish_series`.
 
@@ -119,7 +112,7 @@ def prepare_series(record: Any) -> tuple[Any, dict[str, Any]]:
     from medseg.inference.batch import _fill_record, _load
     from medseg.inference.predict import prepare_input
 
-    with _working():
+    with _busy(_STATE.get("busy")):
         volume = _load(record)
         _fill_record(record, volume)
         prepared = prepare_input(volume, _STATE["models"], _STATE["options"].inference)
@@ -135,7 +128,7 @@ def finish_series(record: Any, probabilities: Any, affine: Any, series_dir: Path
     from medseg.inference.predict import finish_segmentation
 
     volume = _STATE["volumes"].pop(record.key)
-    with _working():
+    with _busy(_STATE.get("busy")):
         t0 = time.perf_counter()
         models, options = _STATE["models"], _STATE["options"]
         seg = finish_segmentation(volume, probabilities, affine, models, options.inference)
