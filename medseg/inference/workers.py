@@ -156,17 +156,22 @@ class Lane:
         self._pool: cf.ProcessPoolExecutor | None = None
 
     def submit(self, fn: Any, *args: Any) -> cf.Future:
-        if self._pool is None or getattr(self._pool, "_broken", False):
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None and getattr(self._pool, "_broken", False):
+            self._drop_broken()
+        if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(
                 max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init, initargs=self._initargs
             )
         try:
             return self._pool.submit(fn, *args)
-        except BrokenProcessPool:
-            self._pool = None
+        except BrokenProcessPool:  # it died between the check and the submit
+            self._drop_broken()
             return self.submit(fn, *args)
+
+    def _drop_broken(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def shutdown(self) -> None:
         if self._pool is not None:
