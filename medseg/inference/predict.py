@@ -525,6 +525,12 @@ def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int, xs: slice = slice(
     The slab comes out as a numpy array in ``(ks, Y, X)`` order, the memory order of a
     Fortran-ordered label map's z-slab, gathered with ``np.take`` (single uint8 gathers along
     contiguous rows; torch's advanced indexing on inner dimensions was ~3× slower here).
+
+    Mixed cells are interpolated in-plane once per pair of source planes and then along z for
+    each destination slice between them (two slices per pair when 1.5 mm slices meet a 3 mm
+    plan, more for thinner slices): 0.56 → 0.36 s for the benchmark's 512×512×300 map (median
+    of 6), where the 8 corners were gathered per destination voxel before. Trilinear either
+    way; the order of the float operations differs (1 voxel of 78.6 M changed, a tie).
     """
     import torch
 
@@ -534,20 +540,36 @@ def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int, xs: slice = slice(
     cell_label, uniform = sampler.cell_maps_zyx()
     zi, yi, xi = zs0.numpy(), y0.numpy(), x0.numpy()
     lab = np.take(np.take(cell_label[zi], yi, axis=1), xi, axis=2)  # (ks, Y, X) argmax at the cell's lower corner
-    mixed = ~np.take(np.take(uniform[zi], yi, axis=1), xi, axis=2)
+    # Destination slices between the same two source planes share their mixed cells: the
+    # corners are interpolated in-plane once per source plane pair, then along z per slice.
+    uz, first, group = np.unique(zi, return_index=True, return_inverse=True)
+    mixed = ~np.take(np.take(uniform[uz], yi, axis=1), xi, axis=2)  # (U, Y, X)
     flat = np.flatnonzero(mixed)  # one index array: ~2× faster than np.nonzero's three
     if flat.size:
-        kz_, rest = np.divmod(flat, mixed.shape[1] * mixed.shape[2])
-        ky_, kx_ = np.divmod(rest, mixed.shape[2])
-        kz, ky, kx = (torch.from_numpy(k) for k in (kz_, ky_, kx_))
+        ny, nx = mixed.shape[1], mixed.shape[2]
+        g, rest = np.divmod(flat, ny * nx)
+        starts = np.searchsorted(g, np.arange(len(uz)))
+        counts = np.bincount(g, minlength=len(uz))
         src = sampler.channels_last()  # (Z', X', Y', C): each corner's C values in one cache line
-        acc = None
-        for zi_, zw in ((zs0[kz], 1 - wzs[kz]), (zs1[kz], wzs[kz])):
-            for xi_, xw in ((x0[kx], 1 - wx[kx]), (x1[kx], wx[kx])):
-                for yi_, yw in ((y0[ky], 1 - wy[ky]), (y1[ky], wy[ky])):
-                    term = src[zi_, xi_, yi_] * (zw * xw * yw)[:, None]  # (N, C)
-                    acc = term if acc is None else acc.add_(term)
-        np.put(lab, flat, torch.max(acc, dim=1).indices.numpy().astype(lab.dtype))
+        ky, kx = (torch.from_numpy(k) for k in np.divmod(rest, nx))
+        xa, xb, wxa = x0[kx], x1[kx], wx[kx]
+        ya, yb, wya = y0[ky], y1[ky], wy[ky]
+        w00, w10 = ((1 - wxa) * (1 - wya))[:, None], (wxa * (1 - wya))[:, None]
+        w01, w11 = ((1 - wxa) * wya)[:, None], (wxa * wya)[:, None]
+
+        def in_plane(zp: Any) -> Any:  # (N, C) bilinear at source plane zp (per row)
+            return src[zp, xa, ya] * w00 + src[zp, xb, ya] * w10 + src[zp, xa, yb] * w01 + src[zp, xb, yb] * w11
+
+        lo = in_plane(torch.from_numpy(uz[g]))
+        hi = in_plane(zs1[torch.from_numpy(first[g])])
+        # rows of each destination slice: its group's range
+        lens = counts[group]
+        rows = np.repeat(starts[group] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+        rows_t = torch.from_numpy(rows)
+        w = torch.from_numpy(np.repeat(wzs.numpy(), lens))[:, None]
+        best = torch.max(torch.lerp(lo[rows_t], hi[rows_t], w), dim=1).indices.numpy().astype(lab.dtype)
+        pos = np.repeat(np.arange(len(zi)) * (ny * nx), lens) + rest[rows]
+        np.put(lab, pos, best)
     return lab
 
 

@@ -176,6 +176,13 @@ def test_resampling_shortcuts_agree_with_full_trilinear():
     full, p = P.labels_on_grid(probs, src, dst, shape, [0, 4, 7], keep_probabilities=True)
     np.testing.assert_array_equal(fast, full)
     assert set(np.unique(fast)) == {0, 4, 7}
+    # slices in reverse source order, ~3 destination slices between two source planes
+    dst_rev = np.array([[1.2, 0, 0, 1.0], [0, 1.1, 0, 2.0], [0, 0, -0.9, 58.0], [0, 0, 0, 1]])
+    shape_rev = (70, 75, 64)
+    fast_rev, _ = P.labels_on_grid(probs, src, dst_rev, shape_rev, [0, 4, 7])
+    full_rev, _ = P.labels_on_grid(probs, src, dst_rev, shape_rev, [0, 4, 7], keep_probabilities=True)
+    np.testing.assert_array_equal(fast_rev, full_rev)
+    assert set(np.unique(fast_rev)) == {0, 4, 7}
     # the fast path only computed the box that can hold labels: a strict part of the grid here
     ranges = P._foreground_ranges(P._SlabSampler(probs, src, dst, shape))
     assert all(r.stop - r.start <= n for r, n in zip(ranges, shape))
