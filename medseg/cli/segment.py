@@ -43,6 +43,11 @@ def register(app: typer.Typer) -> None:
             help="Worker processes that read/preprocess and post-process/write series beside the network "
             "(default: 0 below 4 CPUs, else 1; 2 with a GPU and 8+ CPUs). 0 = one series after the other.",
         ),
+        jobs: int = typer.Option(
+            None, min=1,
+            help="Series segmented at once on CPU, each in its own process with its share of the cores "
+            "(default: 2 on 2-3 CPU cores for 6+ series, else 1); replaces --workers.",
+        ),
         max_memory_gb: float = typer.Option(None, help="Refuse series estimated to need more memory (default: 90% of free)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
     ) -> None:
@@ -84,6 +89,7 @@ def register(app: typer.Typer) -> None:
             overwrite=overwrite,
             shard=parse_shard(shard) if shard else None,
             workers=workers,
+            jobs=jobs,
             progress=progress,
         )
         result = segment_batch(input_path, out_dir, model, opts)

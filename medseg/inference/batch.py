@@ -7,6 +7,8 @@ What `segment_batch` guarantees:
   and preprocess the next series and resample, post-process and write the previous one
   (NIfTI, DICOM SEG, CSV, PNG) while this process runs the network on the current one; see
   `medseg.inference.workers` (processes, not threads: the GIL would stall the forward).
+  On 2-3 CPU cores, where that cannot pay, ``jobs=2`` (automatic for 6+ series) segments two
+  series at once instead, each whole in its own process with one core.
 - **One failed series never stops the batch**: its error goes into the manifest and the loop
   goes on. The result (and `medseg segment`'s exit code 1) says that something failed.
 - **Resumable**: every output is written atomically (temp file + rename) and a series is
@@ -53,7 +55,7 @@ from typing import Any
 from medseg.errors import InputError, MedsegError
 from medseg.inference.model import LoadedModel, load_models
 from medseg.inference.predict import InferenceOptions
-from medseg.inference.workers import default_workers, is_worker_death
+from medseg.inference.workers import default_jobs, default_workers, is_worker_death
 from medseg.io.atomic import write_json_atomic, write_text_atomic
 from medseg.io.volume import Volume
 
@@ -84,6 +86,11 @@ class BatchOptions:
             this process runs the network (0: everything here, one series after the other;
             None: `medseg.inference.workers.default_workers`, 0 below 4 CPUs). On a CPU device,
             torch here lends a thread to each worker while it works.
+        jobs: series segmented at once on a CPU device, each from reading to writing in its
+            own process with ``cores // jobs`` torch threads (the weights shared). More
+            throughput than one series at a time where a worker cannot pay (2-3 cores);
+            replaces `workers`. Ignored on a GPU. None: `medseg.inference.workers.default_jobs`
+            (2 on 2-3 cores for 6+ series, unless `workers` is given; else 1).
         progress: show rich progress bars on stderr.
     """
 
@@ -96,6 +103,7 @@ class BatchOptions:
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     workers: int | None = None
+    jobs: int | None = None
     progress: bool = True
 
 
@@ -599,9 +607,22 @@ def segment_batch(
     manifest = write_manifest(out_dir, records, header, unreadable, options.shard)
 
     device = getattr(models[0], "device", None)
+    on_cpu = all(getattr(m.device, "type", "cpu") == "cpu" for m in models)
+    if options.jobs is not None:
+        n_jobs = options.jobs
+    else:  # asking for workers means one network process
+        n_jobs = 1 if options.workers is not None else default_jobs(device, len(todo))
+    if n_jobs > 1 and not on_cpu:
+        log.warning("--jobs %d ignored: jobs share CPU cores; on a GPU, worker processes (--workers) do the CPU work", n_jobs)
+    n_jobs = max(1, min(int(n_jobs), len(todo))) if on_cpu else 1
     n_workers = options.workers if options.workers is not None else default_workers(device)
     n_workers = max(0, min(int(n_workers), len(todo) - 1 if len(todo) > 1 else 0))
-    if n_workers:
+    if n_jobs > 1:
+        if options.workers:
+            log.info("--jobs %d: each job reads and writes its own series; --workers %d not used", n_jobs, options.workers)
+        n_workers = 0
+        log.info("%d series at a time, each in its own process", n_jobs)
+    elif n_workers:
         log.info("%d worker process(es) read, post-process and write series beside the network", n_workers)
 
     def fail(rec: SeriesRecord, exc: BaseException) -> None:
@@ -631,14 +652,17 @@ def segment_batch(
     in_flight: list[tuple[SeriesRecord, cf.Future, float]] = []  # outputs being written by workers
     try:
         with _Progress(options.progress, len(todo)) as bars:
-            if n_workers == 0:
+            if n_jobs > 1:
+                _run_jobs(todo, models, options, out_dir, bars, finished, n_jobs, in_flight)
+            elif n_workers == 0:
                 _run_here(todo, models, options, out_dir, bars, finished)
             else:
                 _run_with_workers(todo, models, options, out_dir, bars, finished, n_workers, in_flight)
     finally:
         for rec, fut, _t0 in in_flight:  # interrupted: series whose writing did finish are done
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                rec.status, rec.outputs = "done", fut.result()
+                res = fut.result()
+                rec.status, rec.outputs = "done", (res[0] if isinstance(res, tuple) else res)  # jobs: (outputs, fields)
         header["finished"] = _now()
         write_manifest(out_dir, records, header, unreadable, options.shard)
     return BatchResult(out_dir=out_dir, manifest_path=manifest, records=records, unreadable_files=unreadable)
@@ -736,6 +760,101 @@ def _run_with_workers(todo: list[SeriesRecord], models: list[LoadedModel], optio
         for ln in lanes:
             ln.shutdown()
         torch.set_num_threads(threads_before)
+
+
+def _run_jobs(todo: list[SeriesRecord], models: list[LoadedModel], options: BatchOptions, out_dir: Path,
+              bars: _Progress, finished: Any, n_jobs: int, in_flight: list) -> None:
+    """`n_jobs` series at once: one here, the others each whole in a job process (`run_series`).
+
+    This process is one of the jobs, so the batch starts at once while the job processes start
+    (importing torch, MONAI and medseg takes each ~2-3 s of a core). A dispatcher thread (it
+    only waits, so it does not stall the forward here) hands each job process the next waiting
+    series as soon as it is free; a process holds one series at a time. Torch threads follow
+    `CoreShare` everywhere: ``cores // busy jobs``. Interrupted (Ctrl-C): the job processes
+    are stopped at once; their writes are atomic and a series is done only once its marker
+    is written.
+    """
+    import threading
+
+    import torch
+
+    from medseg.inference.workers import CoreShare, Lane, _busy, busy_counter, run_series
+
+    busy = busy_counter()
+    cores = torch.get_num_threads()
+    share = CoreShare(busy, cores)
+    lanes = [Lane(models, options, busy, job_cores=cores) for _ in range(n_jobs - 1)]
+    waiting = list(todo)
+    lock = threading.RLock()  # waiting, in_flight, the manifest (finished) and the bars
+    stop = threading.Event()
+    crashed: list[BaseException] = []
+
+    def next_series() -> SeriesRecord | None:
+        with lock:
+            return None if stop.is_set() or not waiting else waiting.pop(0)
+
+    def dispatch() -> None:
+        running: dict[cf.Future, tuple[SeriesRecord, Lane, float]] = {}
+        try:
+            while True:
+                for lane in lanes:
+                    if all(held is not lane for _, held, _ in running.values()) and (rec := next_series()) is not None:
+                        t0 = time.perf_counter()
+                        fut = lane.submit(run_series, rec, out_dir / rec.stem)
+                        running[fut] = (rec, lane, t0)
+                        with lock:
+                            in_flight.append((rec, fut, t0))
+                if not running:
+                    return
+                done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    rec, _lane, t0 = running.pop(fut)
+                    with lock:
+                        in_flight[:] = [entry for entry in in_flight if entry[1] is not fut]
+                        if stop.is_set():
+                            continue  # interrupted: segment_batch records what finished
+                        try:
+                            outputs, fields = fut.result()
+                        except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
+                            finished(rec, t0, bars, exc=exc)
+                        else:
+                            rec.n_slices, rec.modality = fields["n_slices"], fields["modality"] or rec.modality
+                            finished(rec, t0, bars, outputs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            crashed.append(exc)
+
+    dispatcher = threading.Thread(target=dispatch, name="medseg-jobs", daemon=True)
+    dispatcher.start()
+    try:
+        while (rec := next_series()) is not None:
+            with lock:
+                bars.start_series(rec.stem)
+            t0 = time.perf_counter()
+            try:
+                with _busy(busy):
+                    share()
+                    volume = _load(rec)
+                    outputs = segment_series(volume, rec, models, out_dir / rec.stem, options, bars.step, share)
+            except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
+                with lock:
+                    finished(rec, t0, bars, exc=exc)
+            else:
+                with lock:
+                    finished(rec, t0, bars, outputs)
+            finally:
+                volume = None  # noqa: F841
+        dispatcher.join()
+        if crashed:
+            raise crashed[0]
+    finally:
+        if dispatcher.is_alive():  # interrupted here
+            stop.set()
+            for lane in lanes:
+                lane.terminate()
+            dispatcher.join(timeout=10)
+        for lane in lanes:
+            lane.shutdown()
+        torch.set_num_threads(cores)
 
 
 def _options_dict(options: BatchOptions) -> dict[str, Any]:

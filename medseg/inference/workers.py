@@ -17,6 +17,13 @@ series stays with one worker ("lane", series n → lane (n - 1) mod W) from read
 so the original volume never travels between processes; only the preprocessed image and the
 probabilities on the network's grid do, as torch tensors in shared memory (~0.06 s for the
 84 MB of a 512×512×300 CT at 3 mm; pickling numpy arrays through the pipe took 0.3-0.5 s).
+
+**Jobs** (``jobs > 1``, CPU only) are the other way to use several cores: each job process
+segments whole series (`run_series`: read → network → outputs) with its share of the cores,
+the jobs sharing one copy of the weights. On a 2-core box, where a worker cannot pay (the
+forward gives up a core it uses fully), two 1-thread jobs keep both cores on useful work:
+measured in docs/benchmarks.md (inference, "Fifth round"). When fewer jobs are busy than
+started (the last series of a batch) the busy ones take the idle cores, window by window.
 """
 
 from __future__ import annotations
@@ -78,12 +85,17 @@ def _busy(counter: Any) -> Iterator[None]:
                 counter.value -= 1
 
 
-def _init(models: list[Any], options: Any, log_level: int, keep_memory: bool, threads: int, parent: int, busy: Any) -> None:
+def _init(models: list[Any], options: Any, log_level: int, keep_memory: bool, threads: int, parent: int, busy: Any,
+          job_cores: int = 0) -> None:
+    if job_cores:  # a job counts as busy while it segments a series, not while it starts
+        _start(models, options, log_level, keep_memory, threads, parent, busy, job_cores)
+        return
     with _busy(busy):  # starting up is work too (imports: ~2 s of CPU)
         _start(models, options, log_level, keep_memory, threads, parent, busy)
 
 
-def _start(models: list[Any], options: Any, log_level: int, keep_memory: bool, threads: int, parent: int, busy: Any) -> None:
+def _start(models: list[Any], options: Any, log_level: int, keep_memory: bool, threads: int, parent: int, busy: Any,
+           job_cores: int = 0) -> None:
     # Ctrl-C goes to the whole process group: the parent decides (it waits for running writes,
     # which are atomic anyway), so a worker does not die half-way with a traceback
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -100,7 +112,7 @@ def _start(models: list[Any], options: Any, log_level: int, keep_memory: bool, t
     import medseg.inference.predict  # noqa: F401
     import medseg.io.dicom  # noqa: F401
 
-    _STATE.update(models=models, options=options, volumes={}, busy=busy)
+    _STATE.update(models=models, options=options, volumes={}, busy=busy, job_cores=job_cores)
 
 
 def prepare_series(record: Any) -> tuple[Any, dict[str, Any]]:
@@ -137,6 +149,29 @@ def finish_series(record: Any, probabilities: Any, affine: Any, series_dir: Path
         return write_series_outputs(volume, seg, record, models, series_dir, options, timings)
 
 
+def run_series(record: Any, series_dir: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    """In a job process: one whole series, read → network → outputs (see `segment_series`).
+
+    Torch here gets ``cores // busy jobs`` threads, set before every forward pass.
+
+    Returns:
+        ``(outputs, record fields learnt from the volume + the seconds it took)``.
+    """
+    import time
+
+    from medseg.inference.batch import _load, segment_series
+
+    t0 = time.perf_counter()
+    busy = _STATE.get("busy")
+    share = CoreShare(busy, _STATE["job_cores"]) if busy is not None else None
+    with _busy(busy):
+        if share is not None:
+            share()
+        volume = _load(record)
+        outputs = segment_series(volume, record, _STATE["models"], series_dir, _STATE["options"], before_window=share)
+    return outputs, {"n_slices": record.n_slices, "modality": record.modality, "seconds": time.perf_counter() - t0}
+
+
 def drop_series(key: str) -> None:
     """In a worker: forget a series whose forward failed."""
     _STATE["volumes"].pop(key, None)
@@ -145,14 +180,18 @@ def drop_series(key: str) -> None:
 class Lane:
     """One worker process (created on first use, again after it died)."""
 
-    def __init__(self, models: list[Any], options: Any, busy: Any = None, threads: int = 1) -> None:
+    def __init__(self, models: list[Any], options: Any, busy: Any = None, threads: int = 1, job_cores: int = 0) -> None:
+        """`job_cores` > 0: a job process (`run_series`) that shares `job_cores` cores with the
+        other jobs counted in `busy`; it gets the networks (CPU tensors travel as shared memory,
+        one copy of the weights for all jobs). Otherwise a worker, given plans and labels only."""
         import torch
 
         from medseg.runtime import _state
 
-        # the worker needs the models' plans and labels, not their networks
-        lean = [replace(m, network=None, device=torch.device("cpu")) for m in models]
-        self._initargs = (lean, options, logging.getLogger().level, bool(_state.get("active")), threads, os.getpid(), busy)
+        if not job_cores:
+            models = [replace(m, network=None, device=torch.device("cpu")) for m in models]
+        self._initargs = (models, options, logging.getLogger().level, bool(_state.get("active")), threads, os.getpid(), busy,
+                          job_cores)
         self._pool: cf.ProcessPoolExecutor | None = None
 
     def submit(self, fn: Any, *args: Any) -> cf.Future:
@@ -178,6 +217,15 @@ class Lane:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    def terminate(self) -> None:
+        """Stop the process now, whatever it is doing (its writes are atomic: nothing half-written)."""
+        if self._pool is not None:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):  # private, but the only handle
+                with contextlib.suppress(Exception):
+                    proc.terminate()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
 
 def busy_counter() -> Any:
     """A counter of busy workers shared with them (give it to every `Lane` of a batch)."""
@@ -201,6 +249,48 @@ class ThreadLender:
         want = max(1, self.threads - max(0, int(self.busy.value)))
         if torch.get_num_threads() != want:
             torch.set_num_threads(want)
+
+
+class CoreShare:
+    """A job's share of the cores: ``cores // busy jobs`` torch threads (at least 1).
+
+    Called before every forward pass, so a job left alone (the others idle or done) takes
+    the idle cores from its next window on.
+    """
+
+    def __init__(self, busy: Any, cores: int) -> None:
+        self.busy, self.cores = busy, max(1, int(cores))
+
+    def __call__(self) -> None:
+        import torch
+
+        want = max(1, self.cores // max(1, int(self.busy.value)))
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
+
+
+#: Below this many series a batch is not worth a job process (its start-up and the last
+#: series alone eat the gain; 6 series on 2 cores: 42.3 s with 2 jobs vs 45.7 s in one).
+JOBS_MIN_SERIES = 6
+#: Free memory below which series are not segmented two at a time by default.
+JOBS_MIN_FREE_BYTES = 8 << 30
+
+
+def default_jobs(device: Any, n_series: int) -> int:
+    """Series `segment_batch` segments at once when not told (`BatchOptions.jobs`).
+
+    2 on a CPU device with 2-3 cores, for a batch of `JOBS_MIN_SERIES`+ series and 8 GiB free:
+    there a worker process cannot pay (`default_workers` is 0) but two 1-thread jobs do
+    (docs/benchmarks.md, inference "Fifth round": 6.0 s per 512×512×300 series in the steady
+    state vs 7.6 s one at a time). Otherwise 1.
+    """
+    from medseg.inference.predict import available_memory_bytes
+
+    n = os.cpu_count() or 1
+    on_cpu = getattr(device, "type", str(device)) == "cpu"
+    if on_cpu and 2 <= n < 4 and n_series >= JOBS_MIN_SERIES and available_memory_bytes() >= JOBS_MIN_FREE_BYTES:
+        return 2
+    return 1
 
 
 def is_worker_death(exc: BaseException) -> bool:

@@ -146,6 +146,62 @@ def test_worker_processes_write_the_same_outputs(batch, dicom_tree, trained_ckpt
     assert in_worker >= 1  # 3 CT series, the 1st here: at least one of the 2 good ones went to the worker
 
 
+def test_jobs_write_the_same_outputs(batch, dicom_tree, trained_ckpt, tmp_path, monkeypatch):
+    """jobs=2: one series at a time here and one in a job process; the statuses, reasons,
+    label maps, SEG frames and CSVs equal those of the one-process batch."""
+    from medseg.inference import batch as batch_module
+    from medseg.io.seg import read_dicom_seg
+
+    loaded_here: list[str] = []
+    real_load = batch_module._load
+    monkeypatch.setattr(batch_module, "_load", lambda rec: (loaded_here.append(rec.key), real_load(rec))[1])
+    opts = BatchOptions(inference=FAST.inference, progress=False, jobs=2)
+    res = segment_batch(dicom_tree, tmp_path / "j", [trained_ckpt], opts)
+    assert [(r.stem, r.status, r.reason, r.n_slices, r.modality) for r in res.records] == [
+        (r.stem, r.status, r.reason, r.n_slices, r.modality) for r in batch.records]
+    attempted = [r.key for r in res.records if r.status != "skipped"]
+    assert len(attempted) == 3 and 1 <= len(loaded_here) < 3  # the job process did the others
+    for rec in (r for r in res.records if r.status == "done"):
+        d, ref = res.out_dir / rec.stem, batch.out_dir / rec.stem
+        assert rec.outputs == _by_source(batch, rec.source).outputs and rec.seconds > 0
+        labels = read_nifti(d / "labels.nii.gz")
+        np.testing.assert_array_equal(labels.array, read_nifti(ref / "labels.nii.gz").array)
+        np.testing.assert_array_equal(read_dicom_seg(d / "seg.dcm", read_dicom_series(rec.series)).array, labels.array)
+        assert (d / "volumes.csv").read_text() == (ref / "volumes.csv").read_text()
+
+
+def test_default_jobs(monkeypatch):
+    import torch
+
+    from medseg.inference import predict, workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(predict, "available_memory_bytes", lambda: 16 << 30)
+    for cpus, dev, n, expected in ((1, cpu, 10, 1), (2, cpu, 10, 2), (3, cpu, 6, 2), (2, cpu, 5, 1), (4, cpu, 10, 1),
+                                   (2, cuda, 10, 1)):
+        monkeypatch.setattr(workers.os, "cpu_count", lambda c=cpus: c)
+        assert workers.default_jobs(dev, n) == expected, (cpus, dev, n)
+    monkeypatch.setattr(predict, "available_memory_bytes", lambda: 4 << 30)  # two series might not fit
+    assert workers.default_jobs(cpu, 10) == 1
+
+
+def test_jobs_share_the_cores():
+    import torch
+
+    from medseg.inference.workers import CoreShare, busy_counter
+
+    before = torch.get_num_threads()
+    busy = busy_counter()
+    share = CoreShare(busy, 4)
+    try:
+        for n_busy, expected in ((1, 4), (2, 2), (3, 1), (5, 1), (0, 4)):
+            busy.value = n_busy
+            share()
+            assert torch.get_num_threads() == expected, n_busy
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_default_workers_follow_the_cpu_count(monkeypatch):
     import torch
 
@@ -263,10 +319,10 @@ def _running(pid: int) -> bool:
     return "Z" not in state.split()[1]
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param("jobs", marks=pytest.mark.slow)])
 def test_resume_after_sigkill(tmp_path, sample, trained_ckpt, workers):
     """Kill -9 a real `medseg segment` mid-batch: no half-written outputs; a re-run finishes;
-    worker processes do not outlive the killed batch."""
+    worker and job processes do not outlive the killed batch."""
     vol = read_volume(sample("ct_small"))
     tree = tmp_path / "in"
     for n in range(4):
@@ -275,7 +331,8 @@ def test_resume_after_sigkill(tmp_path, sample, trained_ckpt, workers):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "medseg", "segment", str(tree), str(out), "-m", str(trained_ckpt),
-         "--device", "cpu", "--overlap", "0", "--no-progress", "--workers", str(workers)],
+         "--device", "cpu", "--overlap", "0", "--no-progress",
+         *(["--jobs", "2"] if workers == "jobs" else ["--workers", str(workers)])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )
     deadline = time.monotonic() + 120
