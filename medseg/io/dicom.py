@@ -891,11 +891,39 @@ def read_dicom_series(
         "sop_class": series.sop_class,
         "source_files": [str(p) for p in series.files],
         "source_frames": source_frames,
+        "source_headers": _source_headers(series),
         "warnings": list(series.warnings),
     }
     for w in series.warnings:  # returned in meta["warnings"]; callers decide how loud to be
         log.info("%s: %s", series.label, w)
     return Volume(array, lps_to_ras_affine(geo.affine_lps), meta)
+
+
+def _source_headers(series: DicomSeries) -> list[dict[str, Any]] | None:
+    """What a DICOM SEG needs of each source file besides the first, from the scan's headers.
+
+    `medseg.io.seg` builds the SEG's references and plane positions from these instead of
+    parsing every header again with pydicom (0.6 ms a file for a scanner's header: 0.2 s of a
+    300-slice series). One entry per file of ``source_files``; None for a multi-frame image or
+    when a file lacks its header or geometry (the SEG writer then reads the files).
+    """
+    out = []
+    for path in series.files:
+        h = series.headers.get(path)
+        if h is None or h.pixels is None or len(h.frames) != 1 or h.frames[0].frame_index is not None:
+            return None
+        fr = h.frames[0]
+        if fr.position is None or fr.orientation is None or fr.pixel_spacing is None:
+            return None
+        out.append({
+            "SOPClassUID": h.sop_class_uid, "SOPInstanceUID": h.sop_instance_uid,
+            "StudyInstanceUID": h.study_instance_uid, "SeriesInstanceUID": h.series_instance_uid,
+            "FrameOfReferenceUID": h.frame_of_reference_uid, "Rows": h.pixels.rows, "Columns": h.pixels.columns,
+            "ImagePositionPatient": [float(v) for v in fr.position],
+            "ImageOrientationPatient": [float(v) for v in fr.orientation],
+            "PixelSpacing": [float(v) for v in fr.pixel_spacing],
+        })
+    return out
 
 
 def _interpolate_slices(stack: np.ndarray, plan: list[tuple[int, int, float]]) -> np.ndarray:

@@ -66,12 +66,23 @@ def _source_datasets(source: Volume) -> tuple[list[Any], list[Any]]:
             "write_dicom_seg needs the Volume returned by read_dicom_series (its meta lacks "
             "'source_files'/'source_frames'); a DICOM SEG can only reference DICOM source images"
         )
+    headers = source.meta.get("source_headers")
+    if not headers or len(headers) != len(files):
+        headers = None
     datasets = []
     for n, f in enumerate(files):
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception as exc:  # noqa: BLE001
-            raise DicomError(f"{f}: cannot re-read source DICOM header for the SEG ({exc})") from exc
+        if n and headers is not None:
+            # highdicom reads only UIDs, size and geometry of the images after the first (it
+            # copies patient, study and equipment from the first): the scan's values, no
+            # pydicom parse (same SEG: tests/io/test_seg.py)
+            ds = pydicom.Dataset()
+            for keyword, value in headers[n].items():
+                setattr(ds, keyword, value)
+        else:
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+            except Exception as exc:  # noqa: BLE001
+                raise DicomError(f"{f}: cannot re-read source DICOM header for the SEG ({exc})") from exc
         _fill_missing_uids(ds, source, n)
         datasets.append(ds)
     return datasets, frames
@@ -171,7 +182,8 @@ def write_dicom_seg(
             "nothing to write in the DICOM SEG: the label map is empty and label_names names no segment; "
             "pass the model's label names to write a SEG with empty segments"
         )
-    datasets, frames = _source_datasets(source)
+    with gc_paused():  # ~300 small Datasets: a generation-2 collection here costs more than building them
+        datasets, frames = _source_datasets(source)
     multi_frame = len(datasets) == 1 and any(fr is not None and fr[1] is not None for fr in frames)
     rows, cols = source.shape[1], source.shape[0]
     n_src = int(datasets[0].get("NumberOfFrames", 1) or 1) if multi_frame else len(datasets)

@@ -102,6 +102,48 @@ def test_seg_with_known_label_values_is_the_same(tmp_path, ct_and_organs):
     assert a.NumberOfFrames == b.NumberOfFrames and a.PixelData == b.PixelData
 
 
+def _seg_elements(path) -> list[tuple[str, str]]:
+    """Every element of a SEG file as (path, value), leaving out what differs on every write
+    (its own UIDs, creation times, the tracking and dimension-organisation UIDs)."""
+    import pydicom
+
+    fresh = {"SOPInstanceUID", "SeriesInstanceUID", "MediaStorageSOPInstanceUID", "InstanceCreationDate",
+             "InstanceCreationTime", "ContentDate", "ContentTime", "SeriesDate", "SeriesTime", "TrackingUID",
+             "DimensionOrganizationUID", "ContributionDateTime"}
+    out: list[tuple[str, str]] = []
+
+    def walk(ds, where: str) -> None:
+        for elem in ds:
+            name = f"{where}/{elem.keyword or elem.tag}"
+            if elem.VR == "SQ":
+                for n, item in enumerate(elem.value):
+                    walk(item, f"{name}[{n}]")
+            elif not (elem.keyword in fresh and where.count("/") <= 2 and "Referenced" not in where and "Source" not in where):
+                out.append((name, str(elem.value)))
+
+    ds = pydicom.dcmread(path)
+    walk(ds.file_meta, "meta")
+    walk(ds, "")
+    return out
+
+
+@pytest.mark.parametrize("which", ["ct_dicom", "written"])
+def test_seg_from_scan_headers_equals_seg_from_reread_headers(tmp_path, ct_and_organs, which):
+    """The images after the first are described to highdicom by the scan's header values
+    (no second pydicom parse): the SEG is the same, element by element, as with the files'
+    own headers; on the real CT (blank UIDs filled in) and on a written series."""
+    ct, organs = ct_and_organs
+    if which == "written":
+        write_series(tmp_path / "series", Volume(ct.array, ct.affine), transfer_syntax="implicit")
+        ct = read_dicom_series(tmp_path / "series")
+    assert len(ct.meta["source_headers"]) == len(ct.meta["source_files"]) == 20
+    fast = write_dicom_seg(organs, ct, ORGANS, tmp_path / "fast.dcm")
+    reread = Volume(ct.array, ct.affine, {k: v for k, v in ct.meta.items() if k != "source_headers"})
+    slow = write_dicom_seg(organs, reread, ORGANS, tmp_path / "slow.dcm")
+    a, b = _seg_elements(fast), _seg_elements(slow)
+    assert len(a) > 20 * 4 * 5 and a == b  # 20 slices × 4 organs, each frame's groups
+
+
 def test_cached_highdicom_iod_lookup_gives_the_same_answers(tmp_path, ct_and_organs):
     from highdicom import _standard_utils as su
 
