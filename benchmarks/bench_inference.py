@@ -46,7 +46,7 @@ SLICE_MM = 1.5
 
 
 N_BATCH = 3
-N_PIPELINE = 6  # series of the one-process vs worker-process comparison
+N_PIPELINE = 12  # series of the one-process vs worker-process vs jobs comparison (long enough for a steady state)
 
 
 def cache_dir() -> Path:
@@ -174,6 +174,8 @@ def main() -> None:
     parser.add_argument("--medicalnet-width", action="store_true",
                         help="time a random-weight network at MedicalNet widths (64-512 channels) instead of a checkpoint")
     parser.add_argument("--no-batch", action="store_true", help="skip the 3-series batch and bf16 runs")
+    parser.add_argument("--pipeline-rounds", type=int, default=1,
+                        help=f"rounds of the {N_PIPELINE}-series comparison (one process, --jobs 2, --workers 1), best kept")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc as it is (the `medseg` CLI calls medseg.runtime.keep_freed_memory)")
     args = parser.parse_args()
@@ -267,9 +269,9 @@ def main() -> None:
     if not args.no_batch:
         # a longer batch, in one process and with a worker process (--workers 1: reading and
         # writing in the worker, the network here; torch lends the worker a core while it works)
-        six = batch_root.parent / "six_series"
+        many = batch_root.parent / f"batch_of_{N_PIPELINE}"
         for k in range(1, N_PIPELINE + 1):
-            dst_dir = six / f"series_{k}"
+            dst_dir = many / f"series_{k}"
             if k <= N_BATCH:  # hard links to the batch's series: no copy
                 for f in (batch_root / f"series_{k}").iterdir():
                     if not (dst_dir / f.name).exists():
@@ -277,14 +279,16 @@ def main() -> None:
                         os.link(f, dst_dir / f.name)
             else:
                 build_series(dst_dir)
-        configs = {"one process (--workers 0)": {"workers": 0}, "--workers 1": {"workers": 1}, "--jobs 2": {"jobs": 2}}
-        for _ in range(2):  # interleaved, best of 2
+        configs = {"one process (--workers 0)": {"workers": 0}, "--jobs 2": {"jobs": 2}, "--workers 1": {"workers": 1}}
+        pipe_bare = [t_bare_after]
+        for _ in range(args.pipeline_rounds):  # interleaved, best of N
             for name, kw in configs.items():
-                t, res = best_of(lambda kw=kw: e2e(six, N_PIPELINE, **kw), 1)
+                t, res = best_of(lambda kw=kw: e2e(many, N_PIPELINE, **kw), 1)
                 if t < pipe.get(name, (float("inf"),))[0]:
                     # per series, from handing it out to its completion marker: with 2 jobs,
                     # 2 series are in flight, so the steady state is half of it per series
                     pipe[name] = (t, float(np.median([r.seconds for r in res.records])))
+            pipe_bare.append(best_of(bare, 1)[0])
     print(f"\npreprocessed grid {tuple(img.shape[2:])}, {n_windows} windows")
     print(f"\n{'step (one by one)':45s} {'s':>8s}")
     for k, v in steps.items():
@@ -299,9 +303,13 @@ def main() -> None:
     print(f"batch of {N_BATCH} series, one process (--workers 0): {t_batch:.2f} s = {t_batch / N_BATCH:.2f} s/series"
           f" → overhead {100 * (t_batch / N_BATCH - t_bare) / t_bare:.1f} %")
     print(f"  (bare MONAI again after the batch: {t_bare_after:.2f} s — if far from {t_bare:.2f} s, the machine was busy)")
+    if pipe:
+        print(f"batch of {N_PIPELINE} series (bare MONAI before/between the rounds: "
+              f"{', '.join(f'{t:.2f}' for t in pipe_bare)} s):")
     for name, (t, per) in pipe.items():
-        print(f"batch of {N_PIPELINE} series, {name}: {t:.2f} s = {t / N_PIPELINE:.2f} s/series → overhead "
-              f"{100 * (t / N_PIPELINE - t_bare) / t_bare:.1f} %  (best of 2, interleaved); median series {per:.2f} s")
+        print(f"  {name}: {t:.2f} s = {t / N_PIPELINE:.2f} s/series → overhead "
+              f"{100 * (t / N_PIPELINE - t_bare) / t_bare:.1f} %  (best of {args.pipeline_rounds}, interleaved); "
+              f"median series {per:.2f} s")
     print(f"end to end with --precision bf16, 1 series: {t_e2e_bf16:.2f} s")
 
     # ---- 4. GFLOP/s vs peak
