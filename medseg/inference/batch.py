@@ -45,7 +45,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -668,15 +668,18 @@ def segment_batch(
     return BatchResult(out_dir=out_dir, manifest_path=manifest, records=records, unreadable_files=unreadable)
 
 
-def _run_here(todo: list[SeriesRecord], models: list[LoadedModel], options: BatchOptions, out_dir: Path,
-              bars: _Progress, finished: Any, before_window: Any = None) -> None:
-    """One series after the other, all in this process."""
+def _run_here(todo: Iterable[SeriesRecord], models: list[LoadedModel], options: BatchOptions, out_dir: Path,
+              bars: _Progress, finished: Any, before_window: Any = None, busy: Any = None) -> None:
+    """One series after the other, all in this process (counted in `busy` while segmenting one)."""
+    from medseg.inference.workers import busy_while
+
     for rec in todo:
         bars.start_series(rec.stem)
         t0 = time.perf_counter()
         try:
-            volume = _load(rec)
-            outputs = segment_series(volume, rec, models, out_dir / rec.stem, options, bars.step, before_window)
+            with busy_while(busy):
+                volume = _load(rec)
+                outputs = segment_series(volume, rec, models, out_dir / rec.stem, options, bars.step, before_window)
         except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
             finished(rec, t0, bars, exc=exc)
         else:
@@ -778,14 +781,14 @@ def _run_jobs(todo: list[SeriesRecord], models: list[LoadedModel], options: Batc
 
     import torch
 
-    from medseg.inference.workers import CoreShare, Lane, _busy, busy_counter, run_series
+    from medseg.inference.workers import CoreShare, Lane, busy_counter, run_series
 
     busy = busy_counter()
     cores = torch.get_num_threads()
     share = CoreShare(busy, cores)
     lanes = [Lane(models, options, busy, job_cores=cores) for _ in range(n_jobs - 1)]
     waiting = list(todo)
-    lock = threading.RLock()  # waiting, in_flight, the manifest (finished) and the bars
+    lock = threading.RLock()  # waiting, in_flight, the records and the manifest (finished)
     stop = threading.Event()
     crashed: list[BaseException] = []
 
@@ -823,26 +826,14 @@ def _run_jobs(todo: list[SeriesRecord], models: list[LoadedModel], options: Batc
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             crashed.append(exc)
 
+    def finished_here(*args: Any, **kwargs: Any) -> None:
+        with lock:
+            finished(*args, **kwargs)
+
     dispatcher = threading.Thread(target=dispatch, name="medseg-jobs", daemon=True)
     dispatcher.start()
     try:
-        while (rec := next_series()) is not None:
-            with lock:
-                bars.start_series(rec.stem)
-            t0 = time.perf_counter()
-            try:
-                with _busy(busy):
-                    share()
-                    volume = _load(rec)
-                    outputs = segment_series(volume, rec, models, out_dir / rec.stem, options, bars.step, share)
-            except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
-                with lock:
-                    finished(rec, t0, bars, exc=exc)
-            else:
-                with lock:
-                    finished(rec, t0, bars, outputs)
-            finally:
-                volume = None  # noqa: F841
+        _run_here(iter(next_series, None), models, options, out_dir, bars, finished_here, share, busy)
         dispatcher.join()
         if crashed:
             raise crashed[0]

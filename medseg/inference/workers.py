@@ -72,7 +72,7 @@ def _watch_parent(parent: int) -> None:
 
 
 @contextlib.contextmanager
-def _busy(counter: Any) -> Iterator[None]:
+def busy_while(counter: Any) -> Iterator[None]:
     """Count this worker as busy in `counter` (the main process lends it a thread meanwhile)."""
     if counter is not None:
         with counter.get_lock():
@@ -90,7 +90,7 @@ def _init(models: list[Any], options: Any, log_level: int, keep_memory: bool, th
     if job_cores:  # a job counts as busy while it segments a series, not while it starts
         _start(models, options, log_level, keep_memory, threads, parent, busy, job_cores)
         return
-    with _busy(busy):  # starting up is work too (imports: ~2 s of CPU)
+    with busy_while(busy):  # starting up is work too (imports: ~2 s of CPU)
         _start(models, options, log_level, keep_memory, threads, parent, busy)
 
 
@@ -124,7 +124,7 @@ def prepare_series(record: Any) -> tuple[Any, dict[str, Any]]:
     from medseg.inference.batch import _fill_record, _load
     from medseg.inference.predict import prepare_input
 
-    with _busy(_STATE.get("busy")):
+    with busy_while(_STATE.get("busy")):
         volume = _load(record)
         _fill_record(record, volume)
         prepared = prepare_input(volume, _STATE["models"], _STATE["options"].inference)
@@ -140,7 +140,7 @@ def finish_series(record: Any, probabilities: Any, affine: Any, series_dir: Path
     from medseg.inference.predict import finish_segmentation
 
     volume = _STATE["volumes"].pop(record.key)
-    with _busy(_STATE.get("busy")):
+    with busy_while(_STATE.get("busy")):
         t0 = time.perf_counter()
         models, options = _STATE["models"], _STATE["options"]
         seg = finish_segmentation(volume, probabilities, affine, models, options.inference)
@@ -164,7 +164,7 @@ def run_series(record: Any, series_dir: Path) -> tuple[dict[str, str], dict[str,
     t0 = time.perf_counter()
     busy = _STATE.get("busy")
     share = CoreShare(busy, _STATE["job_cores"]) if busy is not None else None
-    with _busy(busy):
+    with busy_while(busy):
         if share is not None:
             share()
         volume = _load(record)
