@@ -210,7 +210,8 @@ def write_dicom_seg(
             "%d labelled voxels lie on interpolated slices that have no source image; they are not in the SEG",
             dropped,
         )
-    if not pixel.any() and not multi_frame:
+    empty = not pixel.any()
+    if empty and not multi_frame:
         # highdicom keeps every frame of every segment when all are empty; a valid SEG with
         # empty segments only needs frames on one source image.
         log.info("empty label map: writing empty segments on the first source image only")
@@ -252,7 +253,7 @@ def write_dicom_seg(
             software_versions=__version__,
             device_serial_number="0",
             series_description=f"{algorithm_name} segmentation"[:64],
-            omit_empty_frames=True,
+            omit_empty_frames=not empty,  # all empty: highdicom keeps them all anyway (and logs a warning)
         )
     path = Path(path)
     # the ~N-frame per-frame groups encoded once per distinct element value (same bytes, 2× faster save)

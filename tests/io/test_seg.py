@@ -73,12 +73,15 @@ def test_seg_on_written_series_and_enhanced_ct(tmp_path, mni_ct):
     np.testing.assert_array_equal(back.array, labels)
 
 
-def test_empty_labels_and_errors(tmp_path, ct_and_organs, sample):
+def test_empty_labels_and_errors(tmp_path, ct_and_organs, sample, caplog):
     ct, organs = ct_and_organs
     empty = np.zeros(ct.shape, np.uint8)
-    p = write_dicom_seg(empty, ct, ORGANS, tmp_path / "empty.dcm")
+    with caplog.at_level("WARNING"):
+        p = write_dicom_seg(empty, ct, ORGANS, tmp_path / "empty.dcm")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # an empty map is not a warning
     back = read_dicom_seg(p, ct)
     assert back.array.max() == 0 and back.meta["label_names"] == ORGANS
+    assert hd.seg.segread(str(p)).NumberOfFrames == len(ORGANS)  # one empty frame per segment
     with pytest.raises(DicomError, match="nothing to write"):
         write_dicom_seg(empty, ct, {}, tmp_path / "none.dcm")
     with pytest.raises(GeometryError, match="does not match"):
