@@ -368,6 +368,50 @@ def test_resume_after_sigkill(tmp_path, sample, trained_ckpt, workers):
     assert not list(out.rglob("*.part*")), "temp files of the killed run were not cleaned up"
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_the_jobs(tmp_path, sample, trained_ckpt):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during
+    `medseg segment --jobs 2`: exit code 130, the job process is gone, finished series are
+    complete, and a re-run finishes the batch."""
+    vol = read_volume(sample("ct_small"))
+    tree = tmp_path / "in"
+    for n in range(6):
+        write_ct_series(vol, tree / f"p{n}", series_description=f"copy {n}", series_number=n + 1)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medseg", "segment", str(tree), str(out), "-m", str(trained_ckpt),
+         "--device", "cpu", "--overlap", "0", "--no-progress", "--jobs", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    children: set[int] = set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        children |= _children(proc.pid)
+        if any(out.glob(f"*/{DONE_MARKER}")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the batch ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert children, "no job process was started"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_running(c) for c in children):
+        time.sleep(0.1)
+    assert not any(_running(c) for c in children), "job processes outlived the interrupted batch"
+    manifest = json.loads((out / "segment.json").read_text())
+    done_before = {p.parent.name for p in out.glob(f"*/{DONE_MARKER}")}
+    assert 1 <= manifest["counts"]["done"] == len(done_before) < 6
+    for d in done_before:
+        info = json.loads((out / d / DONE_MARKER).read_text())
+        assert all((out / d / name).is_file() for name in info["outputs"].values())
+        read_nifti(out / d / "labels.nii.gz")
+
+    result = segment_batch(tree, out, [trained_ckpt], FAST)
+    assert result.ok and result.n_done == 6
+    assert {r.stem for r in result.records if r.previous_run} == done_before
+
+
 def test_shards_cover_every_series_exactly_once(tmp_path, sample, trained_ckpt):
     vol = read_volume(sample("ct_small"))
     src = tmp_path / "in"
