@@ -55,7 +55,7 @@ from typing import Any
 from medseg.errors import InputError, MedsegError
 from medseg.inference.model import LoadedModel, load_models
 from medseg.inference.predict import InferenceOptions
-from medseg.inference.workers import default_jobs, default_workers, is_worker_death
+from medseg.inference.workers import default_jobs, default_workers, is_worker_death, unguarded_main_script
 from medseg.io.atomic import write_json_atomic, write_text_atomic
 from medseg.io.volume import Volume
 
@@ -555,10 +555,17 @@ def segment_batch(
 
     Raises:
         CheckpointError: unusable checkpoints (wrong task, labels disagree...).
-        InputError: missing input, nothing to segment, bad filter.
+        InputError: missing input, nothing to segment, bad filter; worker or job processes
+            asked for from a script without an ``if __name__ == "__main__":`` guard (by
+            default such a script is segmented in one process).
     """
     options = options or BatchOptions()
     out_dir = Path(out_dir)
+    if ((options.jobs or 1) > 1 or options.workers) and (script := unguarded_main_script()) is not None:
+        raise InputError(
+            f"{script} calls medseg without an `if __name__ == \"__main__\":` guard; worker and job processes "
+            "would run the script again. Put the call under that guard, or use workers=0 and jobs=1."
+        )
     if models is None:
         models = load_models(list(model_paths or []), options.inference.device)
     if options.series_regex:
@@ -617,6 +624,10 @@ def segment_batch(
     n_jobs = max(1, min(int(n_jobs), len(todo))) if on_cpu else 1
     n_workers = options.workers if options.workers is not None else default_workers(device)
     n_workers = max(0, min(int(n_workers), len(todo) - 1 if len(todo) > 1 else 0))
+    if (n_jobs > 1 or n_workers) and (script := unguarded_main_script()) is not None:  # defaults only (see above)
+        log.info("%s has no `if __name__ == \"__main__\":` guard: segmenting in this process only "
+                 "(worker processes would run the script again)", script)
+        n_jobs, n_workers = 1, 0
     if n_jobs > 1:
         if options.workers:
             log.info("--jobs %d: each job reads and writes its own series; --workers %d not used", n_jobs, options.workers)

@@ -33,7 +33,9 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import re
 import signal
+import sys
 import threading
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Iterator
@@ -291,6 +293,31 @@ def default_jobs(device: Any, n_series: int) -> int:
     if on_cpu and 2 <= n < 4 and n_series >= JOBS_MIN_SERIES and available_memory_bytes() >= JOBS_MIN_FREE_BYTES:
         return 2
     return 1
+
+
+_MAIN_GUARD = re.compile(r"""__name__\s*==\s*['"]__main__['"]""")
+
+
+def unguarded_main_script(main: Any = None) -> str | None:
+    """The script that a spawned process would run again, when it lacks a ``__main__`` guard.
+
+    A new process made by ``spawn`` imports the parent's main module as ``__mp_main__``,
+    which runs its top-level code again: a script that calls `segment_batch` at top level
+    would start a second batch in every worker (Python then stops it with a RuntimeError,
+    after that code has run). Returns the script's path when its source has no
+    ``if __name__ == "__main__":`` test; None when it has one, or when there is no script
+    (interactive session, notebook) or it cannot be read.
+    """
+    main = sys.modules.get("__main__") if main is None else main
+    spec = getattr(main, "__spec__", None)
+    path = getattr(spec, "origin", None) if spec is not None else getattr(main, "__file__", None)
+    if not path or (spec is not None and not str(path).endswith(".py")):  # no script, or a frozen/built-in one
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return None if _MAIN_GUARD.search(text) else str(path)
 
 
 def is_worker_death(exc: BaseException) -> bool:

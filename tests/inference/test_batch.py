@@ -202,6 +202,54 @@ def test_jobs_share_the_cores():
         torch.set_num_threads(before)
 
 
+def test_unguarded_main_script(tmp_path):
+    """Which main modules a spawned worker would run again (their top-level code)."""
+    import importlib.machinery
+    import types
+
+    from medseg.inference.workers import unguarded_main_script
+
+    def main_of(name: str, text: str | None, spec: bool = False) -> types.ModuleType:
+        mod = types.ModuleType("__main__")
+        if text is not None:
+            path = tmp_path / name
+            path.write_text(text)
+            mod.__file__ = str(path)
+            mod.__spec__ = importlib.machinery.ModuleSpec("pkg.tool", None, origin=str(path)) if spec else None
+        return mod
+
+    body = "from medseg.inference import segment_batch\nsegment_batch('in', 'out', ['m.pt'])\n"
+    assert unguarded_main_script(main_of("plain.py", body)) == str(tmp_path / "plain.py")
+    assert unguarded_main_script(main_of("guarded.py", "if __name__ == '__main__':\n    " + body.replace("\n", "\n    "))) is None
+    assert unguarded_main_script(main_of("tool.py", body, spec=True)) == str(tmp_path / "tool.py")  # python -m pkg.tool
+    assert unguarded_main_script(main_of("medseg", 'import sys\nif __name__ == "__main__":\n    sys.exit(0)\n')) is None  # console script
+    assert unguarded_main_script(main_of("-", None)) is None  # interactive / notebook: nothing to run again
+    assert unguarded_main_script() is None  # pytest's own entry point has the guard
+
+
+def test_unguarded_script_gets_one_process_or_a_clear_error(dicom_tree, trained_ckpt, tmp_path, monkeypatch):
+    """From a script without a __main__ guard, the default batch stays in this process; asking
+    for jobs or workers explicitly is an error that names the script, before anything is written."""
+    from medseg.errors import InputError
+    from medseg.inference import batch as batch_module
+
+    monkeypatch.setattr(batch_module, "unguarded_main_script", lambda: "/home/me/segment_all.py")
+    monkeypatch.setattr(batch_module, "default_jobs", lambda device, n: 2)  # what a 2-core box picks for 6+ series
+    monkeypatch.setattr(batch_module, "default_workers", lambda device: 1)  # ... and a 4+-core one
+
+    def no_processes(*args, **kwargs):
+        raise AssertionError("worker or job processes started from an unguarded script")
+
+    monkeypatch.setattr(batch_module, "_run_jobs", no_processes)
+    monkeypatch.setattr(batch_module, "_run_with_workers", no_processes)
+    res = segment_batch(dicom_tree, tmp_path / "default", [trained_ckpt], FAST)
+    assert res.n_done == 2 and res.n_failed == 1  # the corrupt series, as in the one-process batch
+    for kw in ({"jobs": 2}, {"workers": 1}):
+        with pytest.raises(InputError, match=r"segment_all\.py .*__main__"):
+            segment_batch(dicom_tree, tmp_path / "asked", [trained_ckpt], BatchOptions(inference=FAST.inference, progress=False, **kw))
+        assert not (tmp_path / "asked").exists()
+
+
 def test_default_workers_follow_the_cpu_count(monkeypatch):
     import torch
 
