@@ -283,7 +283,7 @@ def default_jobs(device: Any, n_series: int) -> int:
 
     2 on a CPU device with 2-3 cores, for a batch of `JOBS_MIN_SERIES`+ series and 8 GiB free:
     there a worker process cannot pay (`default_workers` is 0) but two 1-thread jobs do
-    (docs/benchmarks.md, inference "Fifth round": 6.0 s per 512×512×300 series in the steady
+    (docs/benchmarks.md, inference "Fifth round": 5.9 s per 512×512×300 series in the steady
     state vs 7.6 s one at a time). Otherwise 1.
     """
     from medseg.inference.predict import available_memory_bytes
