@@ -243,32 +243,28 @@ class ThreadLender:
     """
 
     def __init__(self, busy: Any, threads: int) -> None:
-        self.busy, self.threads = busy, threads
+        self.busy, self.threads = busy, max(1, int(threads))
+
+    def want(self, busy: int) -> int:
+        return max(1, self.threads - max(0, busy))
 
     def __call__(self) -> None:
         import torch
 
-        want = max(1, self.threads - max(0, int(self.busy.value)))
+        want = self.want(int(self.busy.value))
         if torch.get_num_threads() != want:
             torch.set_num_threads(want)
 
 
-class CoreShare:
+class CoreShare(ThreadLender):
     """A job's share of the cores: ``cores // busy jobs`` torch threads (at least 1).
 
     Called before every forward pass, so a job left alone (the others idle or done) takes
     the idle cores from its next window on.
     """
 
-    def __init__(self, busy: Any, cores: int) -> None:
-        self.busy, self.cores = busy, max(1, int(cores))
-
-    def __call__(self) -> None:
-        import torch
-
-        want = max(1, self.cores // max(1, int(self.busy.value)))
-        if torch.get_num_threads() != want:
-            torch.set_num_threads(want)
+    def want(self, busy: int) -> int:
+        return max(1, self.threads // max(1, busy))
 
 
 #: Below this many series a batch is not worth a job process (its start-up and the last

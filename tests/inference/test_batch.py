@@ -185,23 +185,6 @@ def test_default_jobs(monkeypatch):
     assert workers.default_jobs(cpu, 10) == 1
 
 
-def test_jobs_share_the_cores():
-    import torch
-
-    from medseg.inference.workers import CoreShare, busy_counter
-
-    before = torch.get_num_threads()
-    busy = busy_counter()
-    share = CoreShare(busy, 4)
-    try:
-        for n_busy, expected in ((1, 4), (2, 2), (3, 1), (5, 1), (0, 4)):
-            busy.value = n_busy
-            share()
-            assert torch.get_num_threads() == expected, n_busy
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_unguarded_main_script(tmp_path):
     """Which main modules a spawned worker would run again (their top-level code)."""
     import importlib.machinery
@@ -260,18 +243,22 @@ def test_default_workers_follow_the_cpu_count(monkeypatch):
         assert workers.default_workers(torch.device(dev)) == expected, (cpus, dev)
 
 
-def test_threads_lent_to_busy_workers():
+@pytest.mark.parametrize("rule, cores, cases", [
+    ("lend", 3, ((0, 3), (1, 2), (2, 1), (5, 1), (0, 3))),  # workers: threads - busy workers
+    ("share", 4, ((1, 4), (2, 2), (3, 1), (5, 1), (0, 4))),  # jobs: cores // busy jobs
+])
+def test_torch_threads_follow_the_busy_count(rule, cores, cases):
     import torch
 
-    from medseg.inference.workers import ThreadLender, busy_counter
+    from medseg.inference.workers import CoreShare, ThreadLender, busy_counter
 
     before = torch.get_num_threads()
     busy = busy_counter()
-    lend = ThreadLender(busy, 3)
+    set_threads = (ThreadLender if rule == "lend" else CoreShare)(busy, cores)
     try:
-        for n_busy, expected in ((0, 3), (1, 2), (2, 1), (5, 1), (0, 3)):
+        for n_busy, expected in cases:
             busy.value = n_busy
-            lend()
+            set_threads()
             assert torch.get_num_threads() == expected, n_busy
     finally:
         torch.set_num_threads(before)
