@@ -28,6 +28,7 @@ started (the last series of a batch) the busy ones take the idle cores, window b
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import contextlib
 import logging
@@ -115,6 +116,23 @@ def _start(models: list[Any], options: Any, log_level: int, keep_memory: bool, t
     import medseg.io.dicom  # noqa: F401
 
     _STATE.update(models=models, options=options, volumes={}, busy=busy, job_cores=job_cores)
+    atexit.register(_exit_now)  # registered last: runs first when the pool lets this process go
+
+
+def _exit_now() -> None:
+    """End a worker or job process without the interpreter's teardown of torch and MONAI.
+
+    Tearing down the modules took 0.9-1.0 s after the last series (measured on the 2-core box:
+    ``Lane.shutdown`` 0.9 s → 0.03 s), time a batch waited for at its end. Nothing is lost: by
+    the time the pool lets the process go, every task has returned (its files written
+    atomically, its result sent through a queue that writes synchronously), and this process
+    opened no temporary file or queue of its own that another exit handler would close.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def prepare_series(record: Any) -> tuple[Any, dict[str, Any]]:

@@ -284,6 +284,43 @@ def test_a_dead_worker_is_replaced(trained_ckpt):
         lane.shutdown()
 
 
+class _WrittenAtTeardown:
+    """Writes its file when the interpreter tears down the module that holds it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __del__(self) -> None:
+        Path(self.path).write_text("torn down")
+
+
+def _say_and_keep(path: str) -> int:
+    global _KEPT
+    _KEPT = _WrittenAtTeardown(path)
+    print("written by the worker", end="")  # no newline, no flush: stdout is a file here, block-buffered
+    return os.getpid()
+
+
+def test_worker_exits_without_teardown_and_loses_no_output(trained_ckpt, capfd, tmp_path):
+    """Worker and job processes skip the interpreter's teardown (`workers._exit_now`: ~1 s with
+    torch and MONAI loaded, at the end of every batch) when the pool lets them go: no module is
+    torn down, yet the exit code is 0 and buffered output is flushed."""
+    from medseg.inference import load_models
+    from medseg.inference.workers import Lane, busy_counter
+
+    marker = tmp_path / "teardown.txt"
+    lane = Lane(load_models([trained_ckpt], "cpu"), FAST, busy_counter())
+    try:
+        pid = lane.submit(_say_and_keep, str(marker)).result()
+        (proc,) = lane._pool._processes.values()
+        assert proc.pid == pid != os.getpid()
+    finally:
+        lane.shutdown()
+    assert proc.exitcode == 0
+    assert not marker.exists()  # the module holding the object was never torn down
+    assert "written by the worker" in capfd.readouterr().out
+
+
 def test_cli_rerun_skips_done_series_and_exits_1_on_failure(batch, dicom_tree, trained_ckpt):
     from typer.testing import CliRunner
 
