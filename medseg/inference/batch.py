@@ -341,14 +341,6 @@ def prepare_series_dir(series_dir: Path) -> None:
     _clean_partial(series_dir)
 
 
-def _spare_core() -> bool:
-    """Whether this process has a core to itself besides the calling thread: torch here was
-    given more than one thread (one process on 2+ cores; a job whose peers are idle)."""
-    import torch
-
-    return torch.get_num_threads() > 1
-
-
 def write_series_outputs(
     volume: Volume,
     seg: Volume,
@@ -373,42 +365,24 @@ def write_series_outputs(
     t1 = time.perf_counter()
     box = foreground_box(seg.array)
     present = label_values_present(box_copy(seg.array, box)) if box is not None else []  # once for SEG and QA
-    want_seg = options.dicom_seg and record.kind == "dicom"
-    with contextlib.ExitStack() as stack:  # on an error here, the SEG thread is waited for before it propagates
-        seg_written = None
-        if want_seg:
-            from medseg import __version__
-            from medseg.io.seg import write_dicom_seg
-
-            def write_seg() -> None:
-                write_dicom_seg(seg.array, volume, names, series_dir / "seg.dcm", algorithm_name="medseg",
-                                algorithm_version=__version__, values=present)
-
-            if _spare_core():
-                # The SEG (pydicom/highdicom, ~0.7 s on a 512×512×300 CT) is written in a thread
-                # while this one writes the NIfTI (zlib, no GIL), the statistics and the QA picture.
-                # Only with a core to spare: beside another job's work it would just take turns.
-                pool = stack.enter_context(cf.ThreadPoolExecutor(1, thread_name_prefix="medseg-seg"))
-                seg_written = pool.submit(write_seg)
-        write_nifti(Volume(seg.array, seg.affine), series_dir / "labels.nii.gz")
-        stats = label_statistics(volume, seg.array, names)
-        write_volumes_csv(stats, series_dir / "volumes.csv")
-        if options.qa_png:
-            title = f"{record.stem} — {', '.join(m.path.name for m in models)}"
-            write_qa_png(volume, seg.array, names, series_dir / "qa.png", title=title, values=present)
-        if "probabilities" in seg.meta:
-            write_nifti(Volume(seg.meta["probabilities"], seg.affine), series_dir / "probabilities.nii.gz")
-        if seg_written is not None:
-            seg_written.result()  # its error, if any, fails the series like any other output's
-        elif want_seg:
-            write_seg()  # last, as in the thread: a failed SEG leaves the other outputs to look at
+    write_nifti(Volume(seg.array, seg.affine), series_dir / "labels.nii.gz")
     outputs["labels"] = "labels.nii.gz"
-    if want_seg:
+    if options.dicom_seg and record.kind == "dicom":
+        from medseg import __version__
+        from medseg.io.seg import write_dicom_seg
+
+        write_dicom_seg(seg.array, volume, names, series_dir / "seg.dcm", algorithm_name="medseg", algorithm_version=__version__,
+                        values=present)
         outputs["dicom_seg"] = "seg.dcm"
+    stats = label_statistics(volume, seg.array, names)
+    write_volumes_csv(stats, series_dir / "volumes.csv")
     outputs["volumes"] = "volumes.csv"
     if options.qa_png:
+        title = f"{record.stem} — {', '.join(m.path.name for m in models)}"
+        write_qa_png(volume, seg.array, names, series_dir / "qa.png", title=title, values=present)
         outputs["qa"] = "qa.png"
     if "probabilities" in seg.meta:
+        write_nifti(Volume(seg.meta["probabilities"], seg.affine), series_dir / "probabilities.nii.gz")
         outputs["probabilities"] = "probabilities.nii.gz"
     timings["write_s"] = round(time.perf_counter() - t1, 3)
 

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -372,39 +371,6 @@ def test_resume_after_an_interruption(tmp_path, sample, trained_ckpt, monkeypatc
     redo = segment_batch(tree, out, [trained_ckpt], only_one)
     assert [(r.series_description, r.status, r.previous_run) for r in redo.records] == [
         ("copy 0", "skipped", False), ("copy 1", "done", False)]
-
-
-@pytest.mark.parametrize("spare_core", [True, False])
-def test_a_failed_seg_fails_only_its_series(tmp_path, sample, trained_ckpt, monkeypatch, spare_core):
-    """The SEG is written in a thread beside the other outputs when the process has a core to
-    spare, else in line: either way its error fails that series (no completion marker, the
-    reason says why) once the other outputs are written, and the batch goes on."""
-    import medseg.io.seg as seg_module
-    from medseg.errors import DicomError
-    from medseg.inference import batch as batch_module
-
-    vol = read_volume(sample("ct_small"))
-    tree = tmp_path / "in"
-    for n in range(2):
-        write_ct_series(vol, tree / f"p{n}" / "ct", series_description=f"copy {n}", series_number=n + 1)
-    real = seg_module.write_dicom_seg
-    threads = []
-
-    def fail_copy_0(labels, source, *a, **k):
-        threads.append(threading.current_thread().name)
-        if source.meta.get("series_description") == "copy 0":
-            raise DicomError("no space left for the SEG")
-        return real(labels, source, *a, **k)
-
-    monkeypatch.setattr(seg_module, "write_dicom_seg", fail_copy_0)
-    monkeypatch.setattr(batch_module, "_spare_core", lambda: spare_core)
-    res = segment_batch(tree, tmp_path / "out", [trained_ckpt], FAST)
-    by_desc = {r.series_description: r for r in res.records}
-    assert by_desc["copy 0"].status == "failed" and "no space left for the SEG" in by_desc["copy 0"].reason
-    assert by_desc["copy 1"].status == "done" and (res.out_dir / by_desc["copy 1"].stem / "seg.dcm").exists()
-    failed_dir = res.out_dir / by_desc["copy 0"].stem
-    assert not (failed_dir / DONE_MARKER).exists() and (failed_dir / "qa.png").exists()  # the others were written
-    assert all(name.startswith("medseg-seg") for name in threads) == spare_core and len(threads) == 2
 
 
 def _children(pid: int) -> set[int]:
