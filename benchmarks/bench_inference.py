@@ -25,6 +25,9 @@ Measured, model loaded once, page cache warm:
 5. CPU options on a fixed set of windows: threads, bf16 autocast, channels-last-3d,
    ONNX Runtime (float and dynamic int8).
 
+``--cpu-budget N`` instead measures only the CPU time a series costs besides the network (the
+network replaced by its saved output, one torch thread), step by step.
+
 Run: ``.venv/bin/python benchmarks/bench_inference.py [--checkpoint CKPT] [--repeat N]``.
 """
 
@@ -165,6 +168,72 @@ def window_flops(net, roi) -> float:
     return float(fc.get_total_flops())
 
 
+def cpu_budget(model, folder: Path, runs: int) -> None:
+    """CPU time of one series in `segment_batch` besides the network, on one torch thread.
+
+    The network is replaced by the probabilities it computed once for this series, so what is
+    left is everything medseg adds to a forward: scan, read, preprocessing, back to the grid,
+    post-processing and the outputs. Prints the process CPU time per series (all threads) and
+    the CPU time of each step (in the thread that runs it), medians over `runs` runs after 2
+    warm-up runs.
+    """
+    import statistics
+
+    import torch
+
+    import medseg.inference.batch as batch
+    import medseg.inference.outputs as outputs
+    import medseg.inference.postprocess as post
+    import medseg.inference.predict as predict
+    import medseg.io.nifti as nifti
+    import medseg.io.seg as seg
+    from medseg.inference import BatchOptions, InferenceOptions, segment_batch
+    from medseg.io.dicom import read_dicom_series
+
+    torch.set_num_threads(1)
+    opts = InferenceOptions(device="cpu", largest_component=True, fill_holes=True)
+    img, _ = predict.preprocess_for_model(read_dicom_series(folder), model.plan)
+    saved = predict.predict_probabilities(model, img, opts)
+    steps: dict[str, list[float]] = {}
+    originals = []
+
+    def timed(mod, name):
+        fn = getattr(mod, name)
+        originals.append((mod, name, fn))
+
+        def wrapper(*a, **k):
+            t = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                steps.setdefault(name, []).append(time.thread_time() - t)
+
+        setattr(mod, name, wrapper)
+
+    originals.append((predict, "predict_probabilities", predict.predict_probabilities))
+    predict.predict_probabilities = lambda *a, **k: saved.clone()
+    for mod, name in ((batch, "discover_series"), (predict, "prepare_input"), (predict, "labels_on_grid"),
+                      (post, "keep_largest_component"), (post, "fill_holes"), (nifti, "write_nifti"),
+                      (seg, "write_dicom_seg"), (outputs, "label_statistics"), (outputs, "write_qa_png")):
+        timed(mod, name)
+    out = Path(tempfile.mkdtemp(prefix="medseg-bench-budget-"))
+    total = []
+    try:
+        for _ in range(runs + 2):
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.process_time()
+            segment_batch(folder, out, models=[model], options=BatchOptions(inference=opts, progress=False, workers=0, jobs=1))
+            total.append(time.process_time() - t)
+    finally:
+        for mod, name, fn in originals:
+            setattr(mod, name, fn)
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"\nCPU time of one series besides the network (1 torch thread, network replaced by its saved output; "
+          f"median of {runs} after 2 warm-up runs): {statistics.median(total[2:]):.2f} s of process CPU time")
+    for name, ts in steps.items():
+        print(f"  {name:28s} {statistics.median(ts[-runs:]):.3f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None)
@@ -176,6 +245,8 @@ def main() -> None:
     parser.add_argument("--no-batch", action="store_true", help="skip the 3-series batch and bf16 runs")
     parser.add_argument("--pipeline-rounds", type=int, default=1,
                         help=f"rounds of the {N_PIPELINE}-series comparison (one process, --jobs 2, --workers 1), best kept")
+    parser.add_argument("--cpu-budget", type=int, default=0, metavar="N",
+                        help="only measure the CPU time of a series besides the network (N runs), then stop")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's malloc as it is (the `medseg` CLI calls medseg.runtime.keep_freed_memory)")
     args = parser.parse_args()
@@ -211,6 +282,9 @@ def main() -> None:
     sw_bs = int(model.inference["sw_batch_size"])
     opts = InferenceOptions(device="cpu", largest_component=True, fill_holes=True)
     print(f"checkpoint: {ckpt} (labels {model.labels}); window {roi}, overlap {overlap}, {sw_bs} windows/batch")
+    if args.cpu_budget:
+        cpu_budget(model, folder, args.cpu_budget)
+        return
 
     # ---- 1. medseg end to end (segment_batch), then step by step
     def e2e(src=folder, n=1, inference=opts, **kw):
