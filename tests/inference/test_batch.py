@@ -391,6 +391,31 @@ def _running(pid: int) -> bool:
     return "Z" not in state.split()[1]
 
 
+def _segment_until_first_series(tree: Path, out: Path, ckpt: Path, extra: list[str], **popen: object) -> tuple[subprocess.Popen, set[int]]:
+    """Start `medseg segment` (one thread per process) and return once its first series is
+    done (or it ended, or 120 s passed), with the child processes seen meanwhile."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medseg", "segment", str(tree), str(out), "-m", str(ckpt),
+         "--device", "cpu", "--overlap", "0", "--no-progress", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen,
+    )
+    deadline = time.monotonic() + 120
+    children: set[int] = set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        children |= _children(proc.pid)
+        if any(out.glob(f"*/{DONE_MARKER}")):
+            break
+        time.sleep(0.02)
+    return proc, children
+
+
+def _assert_gone(children: set[int], message: str) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_running(c) for c in children):
+        time.sleep(0.1)
+    assert not any(_running(c) for c in children), message
+
+
 @pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param("jobs", marks=pytest.mark.slow)])
 def test_resume_after_sigkill(tmp_path, sample, trained_ckpt, workers):
     """Kill -9 a real `medseg segment` mid-batch: no half-written outputs; a re-run finishes;
@@ -400,29 +425,14 @@ def test_resume_after_sigkill(tmp_path, sample, trained_ckpt, workers):
     for n in range(4):
         write_ct_series(vol, tree / f"p{n}", series_description=f"copy {n}", series_number=n + 1)
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "medseg", "segment", str(tree), str(out), "-m", str(trained_ckpt),
-         "--device", "cpu", "--overlap", "0", "--no-progress",
-         *(["--jobs", "2"] if workers == "jobs" else ["--workers", str(workers)])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
-    deadline = time.monotonic() + 120
-    children: set[int] = set()
-    while time.monotonic() < deadline and proc.poll() is None:
-        children |= _children(proc.pid)
-        if any(out.glob(f"*/{DONE_MARKER}")):
-            break
-        time.sleep(0.02)
+    proc, children = _segment_until_first_series(
+        tree, out, trained_ckpt, ["--jobs", "2"] if workers == "jobs" else ["--workers", str(workers)])
     killed_mid_batch = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if workers:
         assert children, "no worker process was started"
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_running(c) for c in children):
-            time.sleep(0.1)
-        assert not any(_running(c) for c in children), "worker processes outlived the killed batch"
+        _assert_gone(children, "worker processes outlived the killed batch")
     done_before = {p.parent.name for p in out.glob(f"*/{DONE_MARKER}")}
     assert done_before, "no series finished before the kill"
     for d in (p for p in out.iterdir() if p.is_dir()):
@@ -450,27 +460,12 @@ def test_ctrl_c_stops_the_jobs(tmp_path, sample, trained_ckpt):
     for n in range(6):
         write_ct_series(vol, tree / f"p{n}", series_description=f"copy {n}", series_number=n + 1)
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "medseg", "segment", str(tree), str(out), "-m", str(trained_ckpt),
-         "--device", "cpu", "--overlap", "0", "--no-progress", "--jobs", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    children: set[int] = set()
-    while time.monotonic() < deadline and proc.poll() is None:
-        children |= _children(proc.pid)
-        if any(out.glob(f"*/{DONE_MARKER}")):
-            break
-        time.sleep(0.02)
+    proc, children = _segment_until_first_series(tree, out, trained_ckpt, ["--jobs", "2"], start_new_session=True)
     assert proc.poll() is None, "the batch ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     assert children, "no job process was started"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(_running(c) for c in children):
-        time.sleep(0.1)
-    assert not any(_running(c) for c in children), "job processes outlived the interrupted batch"
+    _assert_gone(children, "job processes outlived the interrupted batch")
     manifest = json.loads((out / "segment.json").read_text())
     done_before = {p.parent.name for p in out.glob(f"*/{DONE_MARKER}")}
     assert 1 <= manifest["counts"]["done"] == len(done_before) < 6
