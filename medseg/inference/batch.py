@@ -561,7 +561,8 @@ def segment_batch(
     """
     options = options or BatchOptions()
     out_dir = Path(out_dir)
-    if ((options.jobs or 1) > 1 or options.workers) and (script := unguarded_main_script()) is not None:
+    script = unguarded_main_script()  # a script that spawned worker/job processes would run again
+    if ((options.jobs or 1) > 1 or options.workers) and script is not None:
         raise InputError(
             f"{script} calls medseg without an `if __name__ == \"__main__\":` guard; worker and job processes "
             "would run the script again. Put the call under that guard, or use workers=0 and jobs=1."
@@ -624,7 +625,7 @@ def segment_batch(
     n_jobs = max(1, min(int(n_jobs), len(todo))) if on_cpu else 1
     n_workers = options.workers if options.workers is not None else default_workers(device)
     n_workers = max(0, min(int(n_workers), len(todo) - 1 if len(todo) > 1 else 0))
-    if (n_jobs > 1 or n_workers) and (script := unguarded_main_script()) is not None:  # defaults only (see above)
+    if (n_jobs > 1 or n_workers) and script is not None:  # defaults only (asked for: the error above)
         log.info("%s has no `if __name__ == \"__main__\":` guard: segmenting in this process only "
                  "(worker processes would run the script again)", script)
         n_jobs, n_workers = 1, 0
