@@ -436,15 +436,21 @@ class _SlabSampler:
         self.identity = self.src_shape == self.dst_shape and np.allclose(src_affine, dst_affine, atol=1e-4)
         m = np.linalg.inv(src_affine) @ dst_affine
         self.perm = None if self.identity else _axis_aligned(m)
+        self._src = self._cl = self._cells = self._cells_zyx = None
         if self.perm is not None:
-            # source as (Z', C, X', Y') in destination axis order, and per-axis 1-D maps
-            px, py, pz = (1 + p for p in self.perm)
-            self.src = probs.permute(pz, 0, px, py).contiguous()
             self.axes = _linear_maps(m, self.perm, self.src_shape, self.dst_shape)
+
+    @property
+    def src(self) -> Any:
+        """The source as ``(Z', C, X', Y')`` in destination axis order (made on first use)."""
+        if self._src is None:
+            px, py, pz = (1 + p for p in self.perm)
+            self._src = self.probs.permute(pz, 0, px, py).contiguous()
+        return self._src
 
     def cell_maps_zyx(self) -> tuple[np.ndarray, np.ndarray]:
         """`cell_maps` as contiguous numpy arrays ``(Z', Y', X')`` (cached)."""
-        if getattr(self, "_cells_zyx", None) is None:
+        if self._cells_zyx is None:
             lab, uniform = self.cell_maps()
             self._cells_zyx = (
                 np.ascontiguousarray(lab.permute(0, 2, 1).numpy()), np.ascontiguousarray(uniform.permute(0, 2, 1).numpy())
@@ -453,16 +459,20 @@ class _SlabSampler:
 
     def channels_last(self) -> Any:
         """The source as ``(Z', X', Y', C)`` (cached): corner gathers read C contiguous values."""
-        if getattr(self, "_cl", None) is None:
-            self._cl = self.src.permute(0, 2, 3, 1).contiguous()
+        if self._cl is None:
+            px, py, pz = (1 + p for p in self.perm)
+            self._cl = self.probs.permute(pz, px, py, 0).contiguous()
         return self._cl
 
     def cell_maps(self) -> tuple[Any, Any]:
         """Source argmax ``(Z', X', Y')`` and whether each cell's 8 corners share it (cached)."""
         import torch
 
-        if getattr(self, "_cells", None) is None:
-            lab = torch.max(self.src, dim=1).indices.to(torch.uint8 if self.src.shape[1] < 256 else torch.int64)
+        if self._cells is None:
+            # from the channels-last copy the cell shortcut gathers from anyway (the (Z', C, X', Y')
+            # one is then never made: one 4-D copy instead of two, −0.04 s on the benchmark map)
+            src = self.channels_last()
+            lab = torch.max(src, dim=3).indices.to(torch.uint8 if src.shape[3] < 256 else torch.int64)
             # the 8 corners (z|z+1, x|x+1, y|y+1), edges replicated like the clamped i1 of `axes`
             uniform = torch.ones_like(lab, dtype=torch.bool)
             shifted = [lab]
@@ -551,14 +561,21 @@ def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int, xs: slice = slice(
         starts = np.searchsorted(g, np.arange(len(uz)))
         counts = np.bincount(g, minlength=len(uz))
         src = sampler.channels_last()  # (Z', X', Y', C): each corner's C values in one cache line
+        _, nxs, nys, n_ch = src.shape
+        rows_of = src.view(-1, n_ch)  # corner (z, x, y) is row (z·X' + x)·Y' + y
         ky, kx = (torch.from_numpy(k) for k in np.divmod(rest, nx))
-        xa, xb, wxa = x0[kx], x1[kx], wx[kx]
+        xa, xb, wxa = x0[kx] * nys, x1[kx] * nys, wx[kx]
         ya, yb, wya = y0[ky], y1[ky], wy[ky]
         w00, w10 = ((1 - wxa) * (1 - wya))[:, None], (wxa * (1 - wya))[:, None]
         w01, w11 = ((1 - wxa) * wya)[:, None], (wxa * wya)[:, None]
 
         def in_plane(zp: Any) -> Any:  # (N, C) bilinear at source plane zp (per row)
-            return src[zp, xa, ya] * w00 + src[zp, xb, ya] * w10 + src[zp, xa, yb] * w01 + src[zp, xb, yb] * w11
+            # row gathers with index_select: 2× faster than advanced indexing with three index
+            # tensors, same values (same operations in the same order)
+            base = zp * (nxs * nys)
+            ra, rb = base + xa, base + xb
+            return (rows_of.index_select(0, ra + ya) * w00 + rows_of.index_select(0, rb + ya) * w10
+                    + rows_of.index_select(0, ra + yb) * w01 + rows_of.index_select(0, rb + yb) * w11)
 
         lo = in_plane(torch.from_numpy(uz[g]))
         hi = in_plane(zs1[torch.from_numpy(first[g])])
@@ -567,7 +584,7 @@ def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int, xs: slice = slice(
         rows = np.repeat(starts[group] - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
         rows_t = torch.from_numpy(rows)
         w = torch.from_numpy(np.repeat(wzs.numpy(), lens))[:, None]
-        best = torch.max(torch.lerp(lo[rows_t], hi[rows_t], w), dim=1).indices.numpy().astype(lab.dtype)
+        best = torch.max(torch.lerp(lo.index_select(0, rows_t), hi.index_select(0, rows_t), w), dim=1).indices.numpy().astype(lab.dtype)
         pos = np.repeat(np.arange(len(zi)) * (ny * nx), lens) + rest[rows]
         np.put(lab, pos, best)
     return lab
