@@ -335,6 +335,53 @@ def test_cli_rerun_skips_done_series_and_exits_1_on_failure(batch, dicom_tree, t
     assert {p: p.stat().st_mtime_ns for p in batch.out_dir.rglob("labels.nii.gz")} == before
 
 
+@pytest.mark.parametrize("spare", [True, False])
+def test_writes_beside_the_seg_equal_the_serial_ones_and_wait_for_its_error(tmp_path, sample, trained_ckpt, monkeypatch, spare):
+    """With a core to spare the NIfTI, CSV and QA picture are written in a thread while the
+    SEG is written here: the same files as one after the other; when the SEG fails, the
+    thread's files are complete (nothing half-written) before the series is reported failed."""
+    import threading
+
+    import medseg.inference.outputs as outputs
+    import medseg.io.seg as seg_module
+    from medseg.inference import batch as batch_module
+    from medseg.io.seg import read_dicom_seg
+
+    tree = tmp_path / "in"
+    shutil.copytree(sample("ct_dicom"), tree / "ct")
+    real_qa = outputs.write_qa_png
+    qa_threads: list[str] = []
+    monkeypatch.setattr(outputs, "write_qa_png", lambda *a, **k: (qa_threads.append(threading.current_thread().name), real_qa(*a, **k))[1])
+    monkeypatch.setattr(batch_module, "_core_to_spare", lambda: spare)
+    res = segment_batch(tree, tmp_path / "out", [trained_ckpt], FAST)
+    monkeypatch.setattr(batch_module, "_core_to_spare", lambda: False)
+    ref = segment_batch(tree, tmp_path / "ref", [trained_ckpt], FAST)
+    assert qa_threads[0].startswith("medseg-write") == spare and qa_threads[1] == "MainThread"
+    (rec,), (ref_rec,) = res.records, ref.records
+    assert rec.status == ref_rec.status == "done" and list(rec.outputs) == list(ref_rec.outputs) == ["labels", "dicom_seg", "volumes", "qa"]
+    d, r = res.out_dir / rec.stem, ref.out_dir / ref_rec.stem
+    labels = read_nifti(d / "labels.nii.gz").array
+    np.testing.assert_array_equal(labels, read_nifti(r / "labels.nii.gz").array)
+    assert (labels > 0).any()
+    source = read_dicom_series(rec.series)
+    np.testing.assert_array_equal(read_dicom_seg(d / "seg.dcm", source).array, labels)
+    assert (d / "volumes.csv").read_text() == (r / "volumes.csv").read_text()
+    assert (d / "qa.png").read_bytes() == (r / "qa.png").read_bytes()
+
+    def seg_fails(*a, **k):
+        raise OSError("disk full (test)")
+
+    monkeypatch.setattr(batch_module, "_core_to_spare", lambda: spare)
+    monkeypatch.setattr(seg_module, "write_dicom_seg", seg_fails)
+    failed = segment_batch(tree, tmp_path / "failed", [trained_ckpt], FAST)
+    (rec,) = failed.records
+    assert rec.status == "failed" and "disk full (test)" in rec.reason
+    d = failed.out_dir / rec.stem
+    # no marker, no temp file; one after the other, the writes stop at the SEG (2nd)
+    assert sorted(p.name for p in d.iterdir()) == (["labels.nii.gz", "qa.png", "volumes.csv"] if spare else ["labels.nii.gz"])
+    np.testing.assert_array_equal(read_nifti(d / "labels.nii.gz").array, labels)
+
+
 def test_resume_after_an_interruption(tmp_path, sample, trained_ckpt, monkeypatch):
     """Interrupted while writing the 2nd series: its outputs exist but it is not done; a re-run
     skips the 1st and redoes the 2nd."""
