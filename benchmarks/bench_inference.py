@@ -242,7 +242,7 @@ def main() -> None:
     parser.add_argument("--skip-options", action="store_true", help="skip the CPU options (bf16, ONNX...)")
     parser.add_argument("--medicalnet-width", action="store_true",
                         help="time a random-weight network at MedicalNet widths (64-512 channels) instead of a checkpoint")
-    parser.add_argument("--no-batch", action="store_true", help="skip the 3-series batch and bf16 runs")
+    parser.add_argument("--no-batch", action="store_true", help="skip the batches (3 and 12 series) and the bf16 run: one series only")
     parser.add_argument("--pipeline-rounds", type=int, default=1,
                         help=f"rounds of the {N_PIPELINE}-series comparison (one process, --jobs 2, --workers 1), best kept")
     parser.add_argument("--cpu-budget", type=int, default=0, metavar="N",
@@ -379,9 +379,10 @@ def main() -> None:
     if args.medicalnet_width:
         print("  (random weights label noise everywhere: resampling, post-processing and statistics cost more than on a"
               " real segmentation; use this run for the network's speed, not the overhead)")
-    print(f"batch of {N_BATCH} series, one process (--workers 0): {t_batch:.2f} s = {t_batch / N_BATCH:.2f} s/series"
-          f" → overhead {100 * (t_batch / N_BATCH - t_bare) / t_bare:.1f} %")
-    print(f"  (bare MONAI again after the batch: {t_bare_after:.2f} s — if far from {t_bare:.2f} s, the machine was busy)")
+    if not args.no_batch:
+        print(f"batch of {N_BATCH} series, one process (--workers 0): {t_batch:.2f} s = {t_batch / N_BATCH:.2f} s/series"
+              f" → overhead {100 * (t_batch / N_BATCH - t_bare) / t_bare:.1f} %")
+    print(f"  (bare MONAI again after the runs: {t_bare_after:.2f} s — if far from {t_bare:.2f} s, the machine was busy)")
     if pipe:
         print(f"batch of {N_PIPELINE} series (bare MONAI before/between the rounds: "
               f"{', '.join(f'{t:.2f}' for t in pipe_bare)} s):")
@@ -389,7 +390,8 @@ def main() -> None:
         print(f"  {name}: {t:.2f} s = {t / N_PIPELINE:.2f} s/series → overhead "
               f"{100 * (t / N_PIPELINE - t_bare) / t_bare:.1f} %  (best of {args.pipeline_rounds}, interleaved); "
               f"median series {per:.2f} s")
-    print(f"end to end with --precision bf16, 1 series: {t_e2e_bf16:.2f} s")
+    if not args.no_batch:
+        print(f"end to end with --precision bf16, 1 series: {t_e2e_bf16:.2f} s")
 
     # ---- 4. GFLOP/s vs peak
     fl = window_flops(net, roi)
