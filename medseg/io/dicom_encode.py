@@ -9,8 +9,10 @@ element): 0.8 s of the 1.6 s `write_dicom_seg` took on the 512×512×300 benchma
 Most of those elements repeat the same value in every frame (SOP Class UID, codes, segment
 numbers), the rest take one of a few hundred values (one per source slice). `pre_encode_sequence`
 encodes each distinct leaf element once **with pydicom's own `write_data_element`** and
-assembles items and sequences from those bytes, then hands the sequence to pydicom as a raw
-element, which pydicom writes as it is (``Dataset.set_original_encoding`` exists for this). The
+assembles items and sequences from those bytes; an item object that highdicom puts in several
+frames is encoded once (0.11 → 0.08 s for the benchmark's 1200 frames, median of 6). It then
+hands the sequence to pydicom as a raw element, which pydicom writes as it is
+(``Dataset.set_original_encoding`` exists for this). The
 bytes are those pydicom writes itself (tests compare whole files); anything unusual (an
 ambiguous VR, a character set inside an item, another transfer syntax) makes it leave the
 dataset untouched, so pydicom writes it the usual way.
@@ -91,11 +93,20 @@ def _dataset_bytes(ds: Any, encodings: Any, cache: dict) -> bytes:
 def _items_bytes(items: Any, encodings: Any, cache: dict) -> bytes:
     parts = []
     for item in items:
-        body = _dataset_bytes(item, encodings, cache)
-        if getattr(item, "is_undefined_length_sequence_item", False):
-            parts += [_ITEM, struct.pack("<I", _UNDEFINED), body, _ITEM_END]
-        else:
-            parts += [_ITEM, struct.pack("<I", len(body)), body]
+        # highdicom puts the same item object in many frames (a source image's reference and
+        # plane position in each of its segments' frames, one derivation code in all): each
+        # object is encoded once. Keyed by identity: every item lives in the dataset, which
+        # does not change while it is encoded.
+        key = ("item", id(item))
+        data = cache.get(key)
+        if data is None:
+            body = _dataset_bytes(item, encodings, cache)
+            if getattr(item, "is_undefined_length_sequence_item", False):
+                data = b"".join((_ITEM, struct.pack("<I", _UNDEFINED), body, _ITEM_END))
+            else:
+                data = b"".join((_ITEM, struct.pack("<I", len(body)), body))
+            cache[key] = data
+        parts.append(data)
     return b"".join(parts)
 
 

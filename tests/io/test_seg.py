@@ -203,6 +203,10 @@ def test_pre_encoded_frame_groups_give_pydicom_s_own_bytes(tmp_path, ct_and_orga
     assert seg.get_item("PixelData").VR == "OB or OW"  # resolved by the fast path as pydicom does
     n_frames = len(seg.PerFrameFunctionalGroupsSequence)
     assert n_frames > 20  # several segments on many source images
+    # items shared between frames (encoded once): a source image's plane position in each of
+    # its segments' frames (deepcopy keeps the sharing)
+    positions = {id(fg.PlanePositionSequence[0]) for fg in seg.PerFrameFunctionalGroupsSequence}
+    assert len(positions) < n_frames
     assert pre_encode_sequence(seg, "PerFrameFunctionalGroupsSequence")
     assert seg.get_item("PerFrameFunctionalGroupsSequence").is_raw
     buf = io.BytesIO()
