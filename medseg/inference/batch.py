@@ -401,7 +401,7 @@ def write_series_outputs(
         write_nifti(Volume(seg.meta["probabilities"], seg.affine), series_dir / "probabilities.nii.gz")
         outputs["probabilities"] = "probabilities.nii.gz"
 
-    tasks = {"nifti": nifti}
+    tasks = {"labels": nifti}  # output kind → its writer, in the order of `outputs`
     if options.dicom_seg and record.kind == "dicom":
         tasks["dicom_seg"] = dicom_seg
     tasks["volumes"] = volumes
@@ -409,6 +409,7 @@ def write_series_outputs(
         tasks["qa"] = qa
     if "probabilities" in seg.meta:
         tasks["probabilities"] = probabilities
+    order = list(tasks)
     if len(tasks) > 1 and _core_to_spare():
         # the DICOM SEG here, the rest meanwhile in a thread: the SEG is pure-Python work
         # (highdicom/pydicom) that holds the GIL, while gzip (NIfTI), numpy (volumes) and
@@ -427,7 +428,7 @@ def write_series_outputs(
     else:
         for task in tasks.values():
             task()
-    outputs = {k: outputs[k] for k in ("labels", "dicom_seg", "volumes", "qa", "probabilities") if k in outputs}
+    outputs = {k: outputs[k] for k in order}  # the same order whichever thread finished first
     timings["write_s"] = round(time.perf_counter() - t1, 3)
 
     write_json_atomic(
