@@ -103,16 +103,23 @@ def test_seg_with_known_label_values_is_the_same(tmp_path, ct_and_organs):
     np.testing.assert_array_equal(given.array, counted.array)
     a, b = hd.seg.segread(str(tmp_path / "a.dcm")), hd.seg.segread(str(tmp_path / "b.dcm"))
     assert a.NumberOfFrames == b.NumberOfFrames and a.PixelData == b.PixelData
+    # a superset of the values present (the batch passes the model's labels): absent ones are
+    # empty segments, as when they are only named
+    named = {**ORGANS, 7: "pancreas"}
+    only_named = write_dicom_seg(organs, ct, named, tmp_path / "c.dcm")
+    superset = write_dicom_seg(organs, ct, named, tmp_path / "d.dcm", values=sorted(named))
+    assert _seg_elements(only_named) == _seg_elements(superset)
 
 
 def _seg_elements(path) -> list[tuple[str, str]]:
     """Every element of a SEG file as (path, value), leaving out what differs on every write
-    (its own UIDs, creation times, the tracking and dimension-organisation UIDs)."""
+    (its own UIDs, creation times, the tracking and dimension-organisation UIDs, and the file
+    meta group's length, which follows the length of the random SOP instance UID)."""
     import pydicom
 
     fresh = {"SOPInstanceUID", "SeriesInstanceUID", "MediaStorageSOPInstanceUID", "InstanceCreationDate",
              "InstanceCreationTime", "ContentDate", "ContentTime", "SeriesDate", "SeriesTime", "TrackingUID",
-             "DimensionOrganizationUID", "ContributionDateTime"}
+             "DimensionOrganizationUID", "ContributionDateTime", "FileMetaInformationGroupLength"}
     out: list[tuple[str, str]] = []
 
     def walk(ds, where: str) -> None:
@@ -145,6 +152,29 @@ def test_seg_from_scan_headers_equals_seg_from_reread_headers(tmp_path, ct_and_o
     slow = write_dicom_seg(organs, reread, ORGANS, tmp_path / "slow.dcm")
     a, b = _seg_elements(fast), _seg_elements(slow)
     assert len(a) > 20 * 4 * 5 and a == b  # 20 slices × 4 organs, each frame's groups
+
+
+def test_write_only_segmentation_saves_highdicom_s_file(tmp_path, ct_and_organs, monkeypatch):
+    """The SEG built without highdicom's read-back lookup tables is saved element for element
+    and pixel for pixel as highdicom's own class saves it; label values 1..N (copied without
+    a lookup) and other values (looked up) both round-trip."""
+    import medseg.io.seg as seg_module
+
+    ct, organs = ct_and_organs
+    consecutive = np.zeros_like(organs)
+    for n, v in enumerate(ORGANS, start=1):
+        consecutive[organs == v] = n
+    names = {n: ORGANS[v] for n, v in enumerate(ORGANS, start=1)}
+    for labels, label_names in ((organs, ORGANS), (consecutive, names)):
+        fast = write_dicom_seg(labels, ct, label_names, tmp_path / "fast.dcm")
+        assert type(hd.seg.segread(str(fast))) is hd.seg.Segmentation
+        np.testing.assert_array_equal(read_dicom_seg(fast, ct).array, labels)
+        with monkeypatch.context() as m:
+            m.setattr(seg_module, "_write_only_segmentation_class", lambda: hd.seg.Segmentation)
+            standard = write_dicom_seg(labels, ct, label_names, tmp_path / "standard.dcm")
+        assert _seg_elements(fast) == _seg_elements(standard)
+        assert hd.seg.segread(str(fast)).PixelData == hd.seg.segread(str(standard)).PixelData
+    assert seg_module._write_only_segmentation_class() is not hd.seg.Segmentation
 
 
 def test_cached_highdicom_iod_lookup_gives_the_same_answers(tmp_path, ct_and_organs):
