@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.inference.outputs import _to_ras, label_statistics, qa_slices, write_qa_png
+from medseg.inference.outputs import _palette, _to_ras, label_statistics, qa_panels, qa_slices, write_qa_png
 from medseg.io import Volume
 from medseg.io.dicom import read_dicom_series
 
@@ -53,14 +53,57 @@ def test_qa_slices_hold_labels_in_any_voxel_order(ct_with_labels, codes, tmp_pat
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("codes", [None, "SRA"])
+def test_qa_panels_colour_exactly_the_labelled_pixels(ct_with_labels, codes, tmp_path):
+    """Each QA panel is its RAS slice in radiological view: grey where unlabelled, the label's
+    colour blended in where labelled; the picture lays the panels out at their aspect."""
+    from PIL import Image
+
+    vol, labels = ct_with_labels
+    if codes:
+        vol, labels = _reoriented(vol, labels, codes)
+    panels, present, palette = qa_panels(vol, labels, {1: "liver", 3: "kidney"})
+    assert present == [1, 3] and len(panels) == 4
+    ks, j, _ = qa_slices(labels, vol.affine)
+    lab_ras, spacing = _to_ras(labels, vol.affine)
+    expected = [lab_ras[:, :, k] for k in ks] + [lab_ras[:, j, :]]
+    for (title, rgb, aspect), ls in zip(panels, expected):
+        shown = np.flipud(np.fliplr(ls.T))  # rows: anterior/superior up; columns: patient's right on the left
+        assert rgb.shape == (*shown.shape, 3) and rgb.dtype == np.uint8
+        grey = (rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
+        np.testing.assert_array_equal(~grey, shown > 0)
+        for v in (1, 3):  # the label's own hue: its strongest channel is the palette colour's
+            if (shown == v).any():
+                assert np.all(np.argmax(rgb[shown == v], axis=1) == np.argmax(palette[v]))
+    assert panels[-1][0] == f"coronal j={j}" and panels[-1][2] == pytest.approx(spacing[2] / spacing[0])
+    out = write_qa_png(vol, labels, {1: "liver", 3: "kidney"}, tmp_path / "qa.png", title="série — test", height=200)
+    with Image.open(out) as png:
+        assert png.mode == "RGB" and png.height > 200
+        widths = [round(200 * rgb.shape[1] / (rgb.shape[0] * aspect)) for _, rgb, aspect in panels]
+        assert png.width == 2 * 10 + sum(widths) + 12 * (len(widths) - 1)
+
+
+def test_palette_colours_are_distinct_and_not_grey():
+    cols = _palette(120)[1:].astype(int)
+    assert len({tuple(c) for c in cols[:30]}) == 30  # neighbouring label values differ
+    assert np.all(cols.max(axis=1) - cols.min(axis=1) > 40)  # no grey: visible on CT
+
+
 def test_qa_slices_without_labels(ct_with_labels):
     vol, labels = ct_with_labels
     ks, j, present = qa_slices(np.zeros_like(labels), vol.affine)
     assert present == [] and len(ks) == 3 and 0 <= min(ks) and max(ks) < 20 and j == 256
 
 
-def test_label_statistics_match_numpy(ct_with_labels):
+@pytest.mark.parametrize("intensities", ["int16 HU", "float32", "int32 offset"])
+def test_label_statistics_match_numpy(ct_with_labels, intensities):
+    """Exact integer sums (int16 CT), and the float path (float images; integers beyond
+    ±2¹⁶) give numpy's counts, means and standard deviations."""
     vol, labels = ct_with_labels
+    if intensities == "float32":
+        vol = Volume(np.asarray(vol.array).astype(np.float32) * 0.5, vol.affine, dict(vol.meta))
+    elif intensities == "int32 offset":
+        vol = Volume(np.asarray(vol.array).astype(np.int32) + 100_000, vol.affine, dict(vol.meta))
     rows = {r["label"]: r for r in label_statistics(vol, labels, {1: "a", 2: "absent", 3: "b"})}
     voxel_ml = abs(np.linalg.det(vol.affine[:3, :3])) / 1000
     for v in (1, 3):
