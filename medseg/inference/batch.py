@@ -365,14 +365,11 @@ def write_series_outputs(
     """
     from medseg.inference.outputs import label_statistics, write_qa_png, write_volumes_csv
     from medseg.io.nifti import write_nifti
-    from medseg.io.volume import box_copy, foreground_box, label_values_present
 
     timings = dict(timings or {})
     names = seg.meta["label_names"]
     outputs: dict[str, str] = {}
     t1 = time.perf_counter()
-    box = foreground_box(seg.array)
-    present = label_values_present(box_copy(seg.array, box)) if box is not None else []  # once for SEG and QA
     stats: list[dict] = []
 
     def nifti() -> None:
@@ -384,7 +381,7 @@ def write_series_outputs(
         from medseg.io.seg import write_dicom_seg
 
         write_dicom_seg(seg.array, volume, names, series_dir / "seg.dcm", algorithm_name="medseg", algorithm_version=__version__,
-                        values=present)
+                        values=sorted(names))  # the model's output holds its (named) label values only: no count
         outputs["dicom_seg"] = "seg.dcm"
 
     def volumes() -> None:
@@ -394,7 +391,7 @@ def write_series_outputs(
 
     def qa() -> None:
         title = f"{record.stem} — {', '.join(m.path.name for m in models)}"
-        write_qa_png(volume, seg.array, names, series_dir / "qa.png", title=title, values=present)
+        write_qa_png(volume, seg.array, names, series_dir / "qa.png", title=title)  # counts the values present (legend)
         outputs["qa"] = "qa.png"
 
     def probabilities() -> None:
