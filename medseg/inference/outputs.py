@@ -33,29 +33,21 @@ def label_statistics(image: Volume, labels: np.ndarray, label_names: dict[int, s
     voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
     image_array = np.asarray(image.array)
     labels = np.asarray(labels)
-    if labels.dtype.kind in "uib" and labels.ndim == 3 and image_array.shape[:3] == labels.shape:
-        # only the box around the labels holds labelled voxels: copy that box of both maps
-        box = foreground_box(labels) or (slice(0, 0),) * 3
-        labels, image_array = box_copy(labels, box), box_copy(image_array, box, like=labels)
-    # both maps flattened in memory order when they share it (Fortran for DICOM/NIfTI volumes):
-    # C-order boolean indexing of Fortran arrays walks memory with a 512×512-voxel stride
-    same_layout = all(a.flags.f_contiguous for a in (labels, image_array)) or all(a.flags.c_contiguous for a in (labels, image_array))
-    order = "K" if same_layout else "C"
-    flat_labels = labels.ravel(order=order)
-    fg = flat_labels != 0  # statistics over the labelled voxels only (a few % of a CT)
-    lab = flat_labels[fg]
-    n = max(int(lab.max(initial=0)), max(label_names, default=0)) + 1
-    values = image_array.ravel(order=order)[fg]
-    sums_ = _integer_sums(lab, values, n) if values.dtype.kind in "iu" else None
-    if sums_ is None:  # float images (MR, NIfTI) or a very wide integer range
-        lab = lab.astype(np.int64, copy=False)
-        values = values.astype(np.float64)
-        sums_ = (
-            np.bincount(lab, minlength=n),
-            np.bincount(lab, weights=values, minlength=n),
-            np.bincount(lab, weights=values * values, minlength=n),
-        )
-    counts, sums, sq = sums_
+    n = max(label_names, default=0) + 1
+    counts, sums, sq = [0] * n, [0] * n, [0] * n
+    for lab, values in _labelled_voxels(labels, image_array):
+        n_chunk = max(int(lab.max(initial=0)) + 1, n)
+        part = _integer_sums(lab, values, n_chunk) if values.dtype.kind in "iu" else None
+        if part is None:  # float images (MR, NIfTI) or integers beyond ±2¹⁶
+            lab = lab.astype(np.int64, copy=False)
+            values = values.astype(np.float64)
+            part = tuple(
+                np.bincount(lab, weights=w, minlength=n_chunk).tolist() for w in (None, values, values * values)
+            )
+        for total, add in zip((counts, sums, sq), part):
+            total.extend([0] * (len(add) - len(total)))
+            for value in range(len(add)):
+                total[value] += add[value]
     rows = []
     for value, name in sorted(label_names.items()):
         c = int(counts[value])
@@ -73,6 +65,36 @@ def label_statistics(image: Volume, labels: np.ndarray, label_names: dict[int, s
             }
         )
     return rows
+
+
+def _labelled_voxels(labels: np.ndarray, image: np.ndarray, voxels_per_chunk: int = 4_000_000) -> Any:
+    """The labels and image values of the labelled voxels, a slab of slices at a time.
+
+    Only the box around the labels is read, in memory order (Fortran for DICOM/NIfTI
+    volumes: C-order boolean indexing of Fortran arrays walks memory with a 512×512-voxel
+    stride). Slabs of ~4 M voxels keep the temporaries small: `segment_batch` runs this in a
+    thread, and glibc gives a thread's large blocks back to the system when freed, so copies
+    of the whole box (~200 MB for the benchmark CT) were page-faulted in anew for every series
+    (0.07 s alone, 0.3-0.5 s in the pipeline; docs/benchmarks.md, inference "Eighth round").
+    """
+    if not (labels.dtype.kind in "uib" and labels.ndim == 3 and image.shape[:3] == labels.shape):
+        fortran = labels.flags.f_contiguous and image.flags.f_contiguous
+        flat = labels.ravel(order="F" if fortran else "C")
+        fg = flat != 0
+        yield flat[fg], image.ravel(order="F" if fortran else "C")[fg]
+        return
+    box = foreground_box(labels)
+    if box is None:
+        return
+    xs, ys, zs = box
+    transpose = labels.flags.f_contiguous and image.flags.f_contiguous  # z, y, x: memory order
+    step = max(1, voxels_per_chunk // max(1, (xs.stop - xs.start) * (ys.stop - ys.start)))
+    for k0 in range(zs.start, zs.stop, step):
+        lab, img = labels[xs, ys, k0 : min(k0 + step, zs.stop)], image[xs, ys, k0 : min(k0 + step, zs.stop)]
+        if transpose:
+            lab, img = lab.T, img.T
+        fg = lab != 0
+        yield lab[fg], img[fg]
 
 
 def _integer_sums(labels: np.ndarray, values: np.ndarray, n: int, max_bins: int = 1 << 22) -> tuple | None:
@@ -230,7 +252,7 @@ def write_qa_png(
     volume when nothing was found); a legend names the labels present. `values`: the label
     values present in `labels` when the caller knows them (saves counting them again).
 
-    Drawn with Pillow, not matplotlib: 0.15 → 0.03 s a picture on the benchmark's series
+    Drawn with Pillow, not matplotlib: 0.15 → 0.08 s a picture on the benchmark's series
     (docs/benchmarks.md, inference "Eighth round"), and Pillow's resizing and PNG encoding
     release the GIL, which matters because `segment_batch` writes this picture in a thread
     beside the DICOM SEG (matplotlib's Python work stretched the SEG and itself: 0.36 s).
