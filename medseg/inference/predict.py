@@ -410,7 +410,10 @@ def resample_image_linear(
         lead = (slice(None),) * dim
         shape = [1] * 3
         shape[dim] = -1
-        x = torch.lerp(x[(*lead, i0)].float(), x[(*lead, i1)].float(), w.view(shape))
+        if not bool(w.any()):  # source voxel centres (e.g. 1.5 → 3 mm): a gather, no interpolation
+            x = x[(*lead, i0)].float()
+        else:
+            x = torch.lerp(x[(*lead, i0)].float(), x[(*lead, i1)].float(), w.view(shape))
     # x's axes are the source axes in `order`; destination axis a is source axis perm[a]
     return x.permute([order.index(p) for p in perm]).contiguous()
 
