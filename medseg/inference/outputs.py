@@ -247,8 +247,8 @@ def write_qa_png(
     """Write a QA picture: `n_axial` axial slices and one coronal slice with the labels overlaid.
 
     Slices are shown in radiological convention (patient's right on the image's left, anterior
-    / superior up) whatever the voxel order of the series, each scaled to `height` pixels with
-    its true aspect ratio. Axial slices are spread over the labelled extent (or the whole
+    / superior up) whatever the voxel order of the series, each fitted into a square of `height`
+    pixels at its true aspect ratio. Axial slices are spread over the labelled extent (or the whole
     volume when nothing was found); a legend names the labels present. `values`: the label
     values present in `labels` when the caller knows them (saves counting them again).
 
@@ -263,15 +263,16 @@ def write_qa_png(
     small, large = _qa_font(13), _qa_font(15)
     margin, gap, caption = 10, 12, 22
     tiles = []
-    for name, rgb, aspect in panels:
+    for name, rgb, aspect in panels:  # each fitted into a square of `height` at its true aspect
         rows, cols = rgb.shape[:2]
-        width = max(1, int(round(height * cols / max(rows * aspect, 1e-6))))
-        tiles.append((name, Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR)))
+        scale = height / max(rows * aspect, cols, 1e-6)
+        size = (max(1, int(round(cols * scale))), max(1, int(round(rows * aspect * scale))))
+        tiles.append((name, Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)))
     legend = [(palette[v], f"{v} {label_names.get(v, '?')}") for v in present[:20]]
     per_row = 6
     legend_rows = -(-len(legend) // per_row)
     top = margin + (caption + 6 if title else 0)
-    width = 2 * margin + sum(t.width for _, t in tiles) + gap * (len(tiles) - 1)
+    width = 2 * margin + height * len(tiles) + gap * (len(tiles) - 1)
     total_height = top + caption + height + margin + legend_rows * 22
     canvas = Image.new("RGB", (width, total_height), "white")
     draw = ImageDraw.Draw(canvas)
@@ -279,9 +280,10 @@ def write_qa_png(
         draw.text((width / 2, margin), title, fill="black", font=large, anchor="ma")
     x = margin
     for name, tile in tiles:
-        draw.text((x + tile.width / 2, top + caption - 4), name, fill="black", font=small, anchor="md")
-        canvas.paste(tile, (x, top + caption))
-        x += tile.width + gap
+        y_tile = top + caption + (height - tile.height) // 2
+        draw.text((x + height / 2, y_tile - 4), name, fill="black", font=small, anchor="md")
+        canvas.paste(tile, (x + (height - tile.width) // 2, y_tile))
+        x += height + gap
     y = top + caption + height + margin // 2
     for r in range(legend_rows):
         row = legend[r * per_row : (r + 1) * per_row]

@@ -77,10 +77,15 @@ def test_qa_panels_colour_exactly_the_labelled_pixels(ct_with_labels, codes, tmp
                 assert np.all(np.argmax(rgb[shown == v], axis=1) == np.argmax(palette[v]))
     assert panels[-1][0] == f"coronal j={j}" and panels[-1][2] == pytest.approx(spacing[2] / spacing[0])
     out = write_qa_png(vol, labels, {1: "liver", 3: "kidney"}, tmp_path / "qa.png", title="série — test", height=200)
-    with Image.open(out) as png:
-        assert png.mode == "RGB" and png.height > 200
-        widths = [round(200 * rgb.shape[1] / (rgb.shape[0] * aspect)) for _, rgb, aspect in panels]
-        assert png.width == 2 * 10 + sum(widths) + 12 * (len(widths) - 1)
+    with Image.open(out) as png:  # four 200-pixel squares side by side, title and legend
+        assert png.mode == "RGB" and png.height > 200 and png.width == 2 * 10 + 4 * 200 + 3 * 12
+        # the coronal panel (20 slices of 2 mm under 512 × 0.98 mm: wider than tall) fills its
+        # square's width, centred, with white above and below
+        pixels = np.asarray(png)
+        right = pixels[:, 10 + 3 * (200 + 12) : 10 + 4 * 200 + 3 * 12]
+        dark = np.flatnonzero((right < 250).any(axis=(1, 2)))  # rows holding the image (or text)
+        assert (right[:, 0] < 250).any() and (right[:, -1] < 250).any()
+        assert dark.size < png.height - 40
 
 
 def test_palette_colours_are_distinct_and_not_grey():
