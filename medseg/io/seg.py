@@ -125,7 +125,8 @@ def _write_only_segmentation_class() -> type:
     constructor for the benchmark's 1200-frame SEG) so that the object can be queried; a SEG
     that is only saved never uses them, and they are not part of the file (tests compare the
     saved files of both classes). Overrides a private method: if highdicom drops it, nothing
-    changes but the time.
+    changes but the time; if a highdicom's constructor reads the tables (AttributeError),
+    `write_dicom_seg` builds highdicom's own class instead.
     """
     import highdicom as hd
 
@@ -272,7 +273,7 @@ def write_dicom_seg(
     series_number = source.meta.get("series_number")
     with warnings.catch_warnings(), gc_paused():
         warnings.simplefilter("ignore")  # highdicom warns about optional attributes of the source
-        seg = _write_only_segmentation_class()(
+        arguments = dict(
             source_images=datasets,
             pixel_array=pixel,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -288,6 +289,11 @@ def write_dicom_seg(
             series_description=f"{algorithm_name} segmentation"[:64],
             omit_empty_frames=not empty,  # all empty: highdicom keeps them all anyway (and logs a warning)
         )
+        try:
+            seg = _write_only_segmentation_class()(**arguments)
+        except AttributeError as exc:  # a highdicom whose constructor reads its lookup tables
+            log.debug("DICOM SEG without lookup tables failed (%s); building highdicom's own", exc)
+            seg = hd.seg.Segmentation(**arguments)
     path = Path(path)
     # the ~N-frame per-frame groups encoded once per distinct element value (same bytes, 2× faster save)
     with gc_paused():

@@ -176,6 +176,15 @@ def test_write_only_segmentation_saves_highdicom_s_file(tmp_path, ct_and_organs,
         assert hd.seg.segread(str(fast)).PixelData == hd.seg.segread(str(standard)).PixelData
     assert seg_module._write_only_segmentation_class() is not hd.seg.Segmentation
 
+    # a highdicom whose constructor needs its lookup tables: highdicom's own class is built
+    class NeedsTables(hd.seg.Segmentation):
+        def _build_luts(self) -> None:
+            raise AttributeError("'Segmentation' object has no attribute '_db_con'")
+
+    monkeypatch.setattr(seg_module, "_write_only_segmentation_class", lambda: NeedsTables)
+    fallback = write_dicom_seg(organs, ct, ORGANS, tmp_path / "fallback.dcm")
+    np.testing.assert_array_equal(read_dicom_seg(fallback, ct).array, organs)
+
 
 def test_cached_highdicom_iod_lookup_gives_the_same_answers(tmp_path, ct_and_organs):
     from highdicom import _standard_utils as su
