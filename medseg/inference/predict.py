@@ -379,6 +379,24 @@ def _linear_maps(m: np.ndarray, perm: list[int], src_shape: tuple[int, ...], dst
     return maps
 
 
+def _lerp_along(x: Any, dim: int, i0: Any, i1: Any, w: Any) -> Any:
+    """1-D linear interpolation of `x` along `dim` (a `_linear_maps` entry), as float32.
+
+    Gathers with advanced indexing (much faster than index_select on inner dims), converting
+    after the gather (an int16 CT is gathered at its own width). Where every destination voxel
+    sits on a source voxel centre (1.5 → 3 mm slices) it is the gather alone, the same values.
+    """
+    import torch
+
+    lead = (slice(None),) * dim
+    a = x[(*lead, i0)].float()
+    if not bool(w.any()):
+        return a
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    return torch.lerp(a, x[(*lead, i1)].float(), w.view(shape))
+
+
 def resample_image_linear(
     array: np.ndarray, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: tuple[int, int, int]
 ) -> Any:
@@ -407,13 +425,7 @@ def resample_image_linear(
     x = torch.from_numpy(view)
     for dim, src_axis in enumerate(order):
         i0, i1, w, _ = maps[perm.index(src_axis)]
-        lead = (slice(None),) * dim
-        shape = [1] * 3
-        shape[dim] = -1
-        if not bool(w.any()):  # source voxel centres (e.g. 1.5 → 3 mm): a gather, no interpolation
-            x = x[(*lead, i0)].float()
-        else:
-            x = torch.lerp(x[(*lead, i0)].float(), x[(*lead, i1)].float(), w.view(shape))
+        x = _lerp_along(x, dim, i0, i1, w)
     # x's axes are the source axes in `order`; destination axis a is source axis perm[a]
     return x.permute([order.index(p) for p in perm]).contiguous()
 
@@ -490,15 +502,6 @@ class _SlabSampler:
             self._cells = (lab, uniform)
         return self._cells
 
-    @staticmethod
-    def _lerp(x: Any, dim: int, i0: Any, i1: Any, w: Any) -> Any:
-        import torch
-
-        shape = [1] * x.ndim
-        shape[dim] = -1
-        lead = (slice(None),) * dim  # advanced indexing: much faster than index_select on inner dims
-        return torch.lerp(x[(*lead, i0)], x[(*lead, i1)], w.view(shape))
-
     def sample(self, k0: int, k1: int) -> tuple[Any, Any]:
         """Slab ``[:, :, k0:k1]`` as ``(ks, C, X, Y)`` and its inside mask ``(ks, X, Y)`` (None = all inside)."""
         import torch.nn.functional as F
@@ -510,9 +513,9 @@ class _SlabSampler:
             part = F.grid_sample(self.probs.unsqueeze(0), grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
             return part.permute(3, 0, 1, 2), inside.permute(2, 0, 1)
         (x0, x1, wx, ix), (y0, y1, wy, iy), (z0, z1, wz, iz) = self.axes
-        part = self._lerp(self.src, 0, z0[k0:k1], z1[k0:k1], wz[k0:k1])  # (ks, C, X', Y')
-        part = self._lerp(part, 2, x0, x1, wx)  # (ks, C, X, Y')
-        part = self._lerp(part, 3, y0, y1, wy)  # (ks, C, X, Y)
+        part = _lerp_along(self.src, 0, z0[k0:k1], z1[k0:k1], wz[k0:k1])  # (ks, C, X', Y')
+        part = _lerp_along(part, 2, x0, x1, wx)  # (ks, C, X, Y')
+        part = _lerp_along(part, 3, y0, y1, wy)  # (ks, C, X, Y)
         izs = iz[k0:k1]
         if bool(ix.all() and iy.all() and izs.all()):
             return part, None
