@@ -136,9 +136,19 @@ def slice_contours(mask: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _ds_text(values: np.ndarray) -> list[float]:
-    # 0.1 µm steps: every coordinate fits a 16-character Decimal String
-    return [float(v) for v in np.round(values, 4)]
+def contour_data_element(points_mm: np.ndarray) -> Any:
+    """The ContourData (3006,0050) element of LPS points ``(N, 3)`` in mm, rounded to 0.1 µm.
+
+    Built with ``already_converted=True`` from plain floats: pydicom then writes each value as
+    ``repr(float)``, the same text it writes for ``ds.ContourData = [floats]``, without making
+    and validating a ``DSfloat`` per coordinate (the cost of an RTSTRUCT is those objects: a
+    CT's label map has millions of coordinates). `tests/io/test_rtstruct.py` checks that both
+    give the same bytes. Every value fits the 16 characters of a Decimal String.
+    """
+    from pydicom.dataelem import DataElement
+
+    values = np.round(np.asarray(points_mm, dtype=np.float64).ravel(), 4) + 0.0  # + 0.0: no "-0.0"
+    return DataElement(0x30060050, "DS", values.tolist(), already_converted=True)
 
 
 def write_rtstruct(
@@ -278,7 +288,7 @@ def write_rtstruct(
                 item.ContourGeometricType = "CLOSED_PLANAR"
                 item.NumberOfContourPoints = len(points)
                 item.ContourNumber = len(contours) + 1
-                item.ContourData = _ds_text(points.ravel())
+                item["ContourData"] = contour_data_element(points)
                 contours.append(item)
         roi = pydicom.Dataset()
         roi.ROINumber = number

@@ -127,3 +127,28 @@ def test_labels_off_the_source_grid_or_empty_are_refused(series, organs, tmp_pat
     with pytest.raises(DicomError, match="empty"):
         write_rtstruct(organs.with_array(np.zeros_like(organs.array)), series, ORGANS, tmp_path / "y.dcm")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_contour_data_element_writes_what_pydicom_writes_for_a_float_list():
+    from pydicom.filebase import DicomBytesIO
+
+    from medseg.io.rtstruct import contour_data_element
+
+    rng = np.random.default_rng(0)
+    points = np.round(rng.uniform(-600, 600, (500, 3)), 4)
+    points[0] = [0.0, -0.0, 1e-5]  # signed zero and a value that rounds to zero
+    encoded = []
+    for fast in (True, False):
+        ds = pydicom.Dataset()
+        if fast:
+            ds["ContourData"] = contour_data_element(points)
+        else:
+            ds.ContourData = [float(v) + 0.0 for v in np.round(points.ravel(), 4)]
+        buffer = DicomBytesIO()
+        pydicom.dcmwrite(buffer, ds, implicit_vr=True, little_endian=True)
+        encoded.append(buffer.getvalue())
+    assert encoded[0] == encoded[1]
+    buffer.seek(0)
+    back = pydicom.dcmread(buffer, force=True)
+    assert all(len(str(v)) <= 16 for v in back.ContourData)
+    np.testing.assert_allclose(np.asarray(back.ContourData, dtype=float).reshape(-1, 3), points, atol=1e-4)
