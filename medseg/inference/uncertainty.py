@@ -147,6 +147,18 @@ class UncertaintyAccumulator:
         """``(H(p̄) − mean_m H(p_m)) / log C`` (disagreement), ≥ 0; all zeros for one member."""
         return (self.entropy() - self.expected_entropy()).clamp_(min=0.0)
 
+    def label_scores(self, channel_values: list[int], *, shell_voxels: int = 2) -> dict[int, LabelUncertainty]:
+        """`label_scores` of the mean probabilities, with mutual information when there are
+        several members."""
+        mean = self.mean()
+        return label_scores(
+            mean,
+            channel_values,
+            entropy=normalised_entropy(mean),
+            mutual_info=self.mutual_information() if self.count > 1 else None,
+            shell_voxels=shell_voxels,
+        )
+
 
 @dataclass(frozen=True)
 class LabelUncertainty:
@@ -167,6 +179,11 @@ class LabelUncertainty:
     boundary_entropy: float
     mean_mutual_information: float | None = None
     boundary_mutual_information: float | None = None
+
+    @property
+    def score(self) -> float:
+        """The one number per label for manifests and review queues: `boundary_entropy`."""
+        return self.boundary_entropy
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for manifests / CSV rows."""

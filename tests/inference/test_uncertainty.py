@@ -110,6 +110,7 @@ def test_label_scores_boundary_shell_and_disagreement():
     acc.add(pb)
     scores = label_scores(acc.mean(), [0, 5, 7], entropy=acc.entropy(), mutual_info=acc.mutual_information())
     assert set(scores) == {5, 7}  # label values, not channels
+    assert acc.label_scores([0, 5, 7]) == scores and scores[5].score == scores[5].boundary_entropy
     sphere, cube_s = scores[5], scores[7]
     assert sphere.voxels == int((inside > 0.5).sum()) and cube_s.voxels == 8**3
     assert sphere.boundary_entropy > 1.3 * sphere.mean_entropy > 0  # the inside includes its confident core

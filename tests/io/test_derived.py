@@ -168,3 +168,36 @@ def test_implicit_and_big_endian_sources_are_written_explicit_little_endian(name
     back = read_dicom_series(tmp_path / "out")
     np.testing.assert_allclose(back.affine, source.affine, atol=1e-4)
     assert np.array_equal(back.array, source.array)
+
+
+def test_oblique_series_with_a_missing_slice_and_enhanced_ct(mni_ct, tmp_path):
+    """Oblique planes keep their geometry; the slice read_dicom_series interpolated is left out."""
+    from dicom_factory import rotation, write_enhanced_ct, write_series
+
+    from medseg.errors import DicomError
+
+    oblique = Volume(mni_ct.array, rotation("x", 20) @ rotation("z", -15) @ mni_ct.affine)
+    write_series(tmp_path / "src", oblique, drop_slices=(7,))
+    series = _series(tmp_path / "src")
+    source = read_dicom_series(series)
+    assert source.meta["source_frames"][7] is None  # filled by interpolation
+    image = source.with_array(source.array.astype(np.float32) + 10.0)
+    files = write_derived_series(image, series, tmp_path / "out", description="plus ten")
+    assert len(files) == oblique.shape[2] - 1
+    back = read_dicom_series(tmp_path / "out")
+    np.testing.assert_allclose(back.affine, source.affine, atol=1e-4)
+    real = [k for k in range(oblique.shape[2]) if k != 7]
+    assert np.array_equal(back.array[:, :, real], source.array[:, :, real] + 10)
+    by_uid = {str(h.SOPInstanceUID): h for h in (pydicom.dcmread(p, stop_before_pixels=True) for p in series.files)}
+    for f in files:  # each file keeps its source image's plane
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        src = by_uid[str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)]
+        assert [float(v) for v in ds.ImagePositionPatient] == [float(v) for v in src.ImagePositionPatient]
+        assert [float(v) for v in ds.ImageOrientationPatient] == [float(v) for v in src.ImageOrientationPatient]
+
+    (tmp_path / "enh").mkdir()
+    write_enhanced_ct(tmp_path / "enh" / "ct.dcm", mni_ct)
+    series = _series(tmp_path / "enh")
+    with pytest.raises(DicomError, match="multi-frame"):
+        write_derived_series(read_dicom_series(series), series, tmp_path / "enh_out", description="x")
+    assert not (tmp_path / "enh_out").exists()

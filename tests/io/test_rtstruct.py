@@ -152,3 +152,38 @@ def test_contour_data_element_writes_what_pydicom_writes_for_a_float_list():
     back = pydicom.dcmread(buffer, force=True)
     assert all(len(str(v)) <= 16 for v in back.ContourData)
     np.testing.assert_allclose(np.asarray(back.ContourData, dtype=float).reshape(-1, 3), points, atol=1e-4)
+
+
+def test_oblique_series_with_a_gap_and_an_enhanced_ct(mni_ct, tmp_path, caplog):
+    """Tilted planes, an interpolated slice (no source image: left out) and frame references."""
+    from dicom_factory import rotation, write_enhanced_ct, write_series
+
+    oblique = Volume(mni_ct.array, rotation("x", 20) @ rotation("z", -15) @ mni_ct.affine)
+    write_series(tmp_path / "src", oblique, drop_slices=(7,))
+    (series,) = scan_dicom_folder(tmp_path / "src").image_series
+    source = read_dicom_series(series)
+    labels = source.with_array(((source.array > -700).astype(np.uint8) + (source.array > -300)).astype(np.uint8))
+    ds = pydicom.dcmread(write_rtstruct(labels, source, {1: "head", 2: "dense"}, tmp_path / "rt.dcm"))
+    assert "interpolated slices" in caplog.text
+    masks = _rasterise(ds, source)
+    real = [k for k in range(source.shape[2]) if k != 7]
+    for value, name in ((1, "head"), (2, "dense")):
+        assert not masks[name][:, :, 7].any()
+        assert _dice(masks[name][:, :, real], labels.array[:, :, real] == value) > 0.99
+
+    enhanced = tmp_path / "enh"
+    enhanced.mkdir()
+    write_enhanced_ct(enhanced / "ct.dcm", mni_ct)
+    (series,) = scan_dicom_folder(enhanced).image_series
+    source = read_dicom_series(series)
+    labels = source.with_array((source.array > -300).astype(np.uint8))
+    ds = pydicom.dcmread(write_rtstruct(labels, series, {1: "dense"}, tmp_path / "rt_enh.dcm"))
+    refs = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].ContourImageSequence
+    assert sorted(int(i.ReferencedFrameNumber) for i in refs) == list(range(1, source.shape[2] + 1))
+    inv = np.linalg.inv(source.affine)
+    for c in ds.ROIContourSequence[0].ContourSequence:
+        lps = np.asarray(c.ContourData, dtype=float).reshape(-1, 3)
+        k = int(np.rint((lps[0] @ LPS_TO_RAS[:3, :3].T) @ inv[:3, :3].T + inv[:3, 3])[2])
+        assert int(c.ContourImageSequence[0].ReferencedFrameNumber) == source.meta["source_frames"][k][1] + 1
+    masks = _rasterise(ds, source)
+    assert _dice(masks["dense"], labels.array == 1) > 0.99
