@@ -17,9 +17,11 @@ geometry: ImagePositionPatient, ImageOrientationPatient, PixelSpacing, SliceThic
   series' value range (see `choose_rescale`);
 - private tags and the icon image dropped (they describe the source's pixels).
 
+An Enhanced (multi-frame) source gives one multi-frame derived file: its functional groups
+(per-frame plane positions) with one frame per slice, and one rescale in the shared group.
+
 The series is written into a temporary folder next to `out_dir` and renamed onto it at the
 end (`medseg.io.atomic.atomic_directory`): an interrupted write leaves no half series.
-Multi-frame (enhanced) sources are not supported yet (a clear `DicomError`).
 """
 
 from __future__ import annotations
@@ -136,25 +138,16 @@ def write_derived_series(
 
     Returns:
         The written files, in slice order (one per source image; slices that
-        `read_dicom_series` interpolated across a gap have no source image and are left out).
+        `read_dicom_series` interpolated across a gap have no source image and are left out);
+        one multi-frame file for an Enhanced (multi-frame) source.
 
     Raises:
         GeometryError: `image` is not on the source series' grid.
-        DicomError: a source header cannot be read, or the source is a multi-frame image.
+        DicomError: a source header cannot be read.
     """
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.multival import MultiValue
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
-
-    from medseg import __version__
+    from pydicom.uid import generate_uid
 
     src: SourceImages = source_images(source)
-    if src.multi_frame:
-        raise DicomError(
-            f"series {src.label}: derived series from a multi-frame (enhanced) image are not supported; "
-            "write the image as NIfTI instead"
-        )
     array = np.asarray(image.array)
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
@@ -172,76 +165,165 @@ def write_derived_series(
     kept = [k for k, s in enumerate(src.slices) if s is not None]
     if len(kept) < len(src.slices):
         log.info("%s: %d interpolated slice(s) have no source image and are not written", src.label, len(src.slices) - len(kept))
-    headers = [_read_source_header(src.slices[k].path) for k in kept]  # type: ignore[union-attr]
-    # one rescale for the series when the source's own does not fit (viewers window a series as one)
-    preferred = [(float(h.get("RescaleSlope", 1) or 1), float(h.get("RescaleIntercept", 0) or 0)) for h in headers]
-    fits = [choose_rescale(values[:, :, k], p) == p for k, p in zip(kept, preferred)]
-    series_rescale = None if all(fits) else choose_rescale(values[:, :, kept], preferred[0])
-
-    series_uid = generate_uid()
     if series_number is None:
         series_number = int(src.series_number) + 2000 if src.series_number is not None else 2000
     now = datetime.datetime.now()
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S.%f")
+    common = {
+        "series_uid": generate_uid(),
+        "series_number": int(series_number),
+        "description": str(description),
+        "date": now.strftime("%Y%m%d"),
+        "time": now.strftime("%H%M%S.%f"),
+    }
     prefix = sanitize_filename(src.modality, max_len=8, fallback="IM")
     written: list[Path] = []
     with atomic_directory(out_dir) as tmp:
-        for n, (k, ds) in enumerate(zip(kept, headers)):
-            ref = src.slices[k]
-            assert ref is not None
-            slope, intercept = series_rescale or preferred[n]
-            for keyword in _DROP:
-                if keyword in ds:
-                    del ds[keyword]
-            ds.remove_private_tags()
-            sop_uid = generate_uid()
-            ds.SOPClassUID = ref.sop_class_uid
-            ds.SOPInstanceUID = sop_uid
-            ds.StudyInstanceUID = src.study_instance_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.FrameOfReferenceUID = src.frame_of_reference_uid
-            ds.SeriesNumber = int(series_number)
-            ds.InstanceNumber = n + 1
-            ds.SeriesDescription = str(description)[:64]
-            ds.DerivationDescription = str(description)[:1024]
-            old_type = [str(v) for v in (ds.get("ImageType") or [])]
-            ds.ImageType = ["DERIVED", "SECONDARY", *old_type[2:3]]
-            source_item = pydicom.Dataset()
-            source_item.ReferencedSOPClassUID = ref.sop_class_uid
-            source_item.ReferencedSOPInstanceUID = ref.sop_instance_uid
-            ds.SourceImageSequence = pydicom.Sequence([source_item])
-            ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
-            ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time
-            old_software = ds.get("SoftwareVersions")
-            software = [str(v) for v in old_software] if isinstance(old_software, MultiValue) else [str(old_software or "")]
-            ds.SoftwareVersions = [*(v for v in software if v), f"medseg {__version__}"]
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows, ds.Columns = src.shape[1], src.shape[0]
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.RescaleSlope, ds.RescaleIntercept = _ds_number(slope), _ds_number(intercept)
-            if "RescaleType" not in ds and src.modality.upper() == "CT":
-                ds.RescaleType = "HU"
-            # read back the slope/intercept as written (decimal text) so the stored ints match it
-            slope_w, intercept_w = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-            pixels = _encode_slice(values[:, :, k].T, slope_w, intercept_w)  # rows × columns
-            ds.PixelData = pixels.tobytes()
-            ds["PixelData"].VR = "OW"
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = ref.sop_class_uid
-            meta.MediaStorageSOPInstanceUID = sop_uid
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            meta.ImplementationVersionName = f"medseg {__version__}"[:16]
-            # a fresh dataset of the (decoded) elements: the source's encoding (implicit VR, big
-            # endian) is not carried over, so every file is written as Explicit VR Little Endian
-            out = pydicom.Dataset()
-            for element in ds:
-                out.add(element)
-            out.file_meta = meta
-            out.preamble = b"\0" * 128
-            name = f"{prefix}_{n + 1:04d}.dcm"
-            out.save_as(tmp / name, enforce_file_format=True)
+        if src.multi_frame:
+            name = f"{prefix}_0001.dcm"
+            _write_multi_frame(values, src, kept, common, tmp / name)
             written.append(Path(out_dir) / name)
-    log.info("%s: derived series of %d image(s) written to %s", src.label, len(written), out_dir)
+        else:
+            headers = [_read_source_header(src.slices[k].path) for k in kept]  # type: ignore[union-attr]
+            # one rescale for the series when the source's own does not fit (viewers window a series as one)
+            preferred = [(float(h.get("RescaleSlope", 1) or 1), float(h.get("RescaleIntercept", 0) or 0)) for h in headers]
+            fits = [choose_rescale(values[:, :, k], p) == p for k, p in zip(kept, preferred)]
+            series_rescale = None if all(fits) else choose_rescale(values[:, :, kept], preferred[0])
+            for n, (k, ds) in enumerate(zip(kept, headers)):
+                ref = src.slices[k]
+                assert ref is not None
+                _derive_header(ds, src, ref, common, instance_number=n + 1)
+                old_type = [str(v) for v in (ds.get("ImageType") or [])]
+                ds.ImageType = ["DERIVED", "SECONDARY", *old_type[2:3]]
+                slope, intercept = series_rescale or preferred[n]
+                ds.RescaleSlope, ds.RescaleIntercept = _ds_number(slope), _ds_number(intercept)
+                if "RescaleType" not in ds and src.modality.upper() == "CT":
+                    ds.RescaleType = "HU"
+                # the slope/intercept as written (decimal text), so the stored integers match it
+                pixels = _encode_slice(values[:, :, k].T, float(ds.RescaleSlope), float(ds.RescaleIntercept))
+                _set_pixel_data(ds, pixels)
+                name = f"{prefix}_{n + 1:04d}.dcm"
+                _save(ds, ref.sop_class_uid, tmp / name)
+                written.append(Path(out_dir) / name)
+    log.info("%s: derived series of %d file(s) written to %s", src.label, len(written), out_dir)
     return written
+
+
+def _derive_header(ds: Any, src: SourceImages, ref: Any, common: dict[str, Any], instance_number: int) -> None:
+    """Turn a source image's header into the derived image's (UIDs, series, description)."""
+    import pydicom
+    from pydicom.multival import MultiValue
+
+    from medseg import __version__
+
+    for keyword in _DROP:
+        if keyword in ds:
+            del ds[keyword]
+    ds.remove_private_tags()
+    ds.SOPClassUID = ref.sop_class_uid
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.StudyInstanceUID = src.study_instance_uid
+    ds.SeriesInstanceUID = common["series_uid"]
+    ds.FrameOfReferenceUID = src.frame_of_reference_uid
+    ds.SeriesNumber = common["series_number"]
+    ds.InstanceNumber = instance_number
+    ds.SeriesDescription = common["description"][:64]
+    ds.DerivationDescription = common["description"][:1024]
+    source_item = pydicom.Dataset()
+    source_item.ReferencedSOPClassUID = ref.sop_class_uid
+    source_item.ReferencedSOPInstanceUID = ref.sop_instance_uid
+    ds.SourceImageSequence = pydicom.Sequence([source_item])
+    ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = common["date"]
+    ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = common["time"]
+    old_software = ds.get("SoftwareVersions")
+    software = [str(v) for v in old_software] if isinstance(old_software, MultiValue) else [str(old_software or "")]
+    ds.SoftwareVersions = [*(v for v in software if v), f"medseg {__version__}"]
+
+
+def _set_pixel_data(ds: Any, pixels: np.ndarray) -> None:
+    """int16 MONOCHROME2 pixel data: ``(rows, columns)`` or ``(frames, rows, columns)``."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = int(pixels.shape[-2]), int(pixels.shape[-1])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<i2").tobytes()
+    ds["PixelData"].VR = "OW"
+
+
+def _save(ds: Any, sop_class_uid: str, path: Path) -> None:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+    from medseg import __version__
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"medseg {__version__}"[:16]
+    # a fresh dataset of the (decoded) elements: the source's encoding (implicit VR, big
+    # endian) is not carried over, so every file is written as Explicit VR Little Endian
+    out = pydicom.Dataset()
+    for element in ds:
+        out.add(element)
+    out.file_meta = meta
+    out.preamble = b"\0" * 128
+    out.save_as(path, enforce_file_format=True)
+
+
+def _set_frame_type(group: Any) -> None:
+    """FrameType value 1–2 of the ``*FrameTypeSequence`` items of a functional group: DERIVED\\SECONDARY."""
+    for element in group:
+        if element.VR == "SQ" and element.keyword.endswith("FrameTypeSequence"):
+            for item in element.value:
+                if "FrameType" in item:
+                    old = [str(v) for v in item.FrameType]
+                    item.FrameType = ["DERIVED", "SECONDARY", *old[2:]]
+
+
+def _write_multi_frame(values: np.ndarray, src: SourceImages, kept: list[int], common: dict[str, Any], path: Path) -> None:
+    """One Enhanced (multi-frame) derived image: the source file's functional groups, one
+    frame per kept slice in slice order, one rescale in the shared functional group."""
+    import pydicom
+
+    ref = src.slices[kept[0]]
+    assert ref is not None
+    ds = _read_source_header(ref.path)
+    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else pydicom.Dataset()
+    per_frame = list(ds.PerFrameFunctionalGroupsSequence) if "PerFrameFunctionalGroupsSequence" in ds else []
+
+    def rescale_of(group: Any) -> tuple[float, float] | None:
+        if group is not None and "PixelValueTransformationSequence" in group:
+            item = group.PixelValueTransformationSequence[0]
+            return float(item.get("RescaleSlope", 1) or 1), float(item.get("RescaleIntercept", 0) or 0)
+        return None
+
+    frames = [src.slices[k].frame_index for k in kept]  # type: ignore[union-attr]
+    first_group = per_frame[frames[0]] if per_frame else None
+    preferred = rescale_of(first_group) or rescale_of(shared) or (1.0, 0.0)
+    slope, intercept = choose_rescale(values[:, :, kept], preferred)
+    _derive_header(ds, src, ref, common, instance_number=1)
+    old_type = [str(v) for v in (ds.get("ImageType") or [])]
+    ds.ImageType = ["DERIVED", "SECONDARY", *(old_type[2:4] or ["AXIAL", "NONE"])]
+    groups = []
+    for f in frames:
+        group = per_frame[f] if per_frame else pydicom.Dataset()
+        if "PixelValueTransformationSequence" in group:
+            del group.PixelValueTransformationSequence  # one rescale, in the shared group
+        _set_frame_type(group)
+        groups.append(group)
+    pvt = pydicom.Dataset()
+    pvt.RescaleSlope, pvt.RescaleIntercept = _ds_number(slope), _ds_number(intercept)
+    pvt.RescaleType = "HU" if src.modality.upper() == "CT" else "US"
+    shared.PixelValueTransformationSequence = pydicom.Sequence([pvt])
+    _set_frame_type(shared)
+    ds.SharedFunctionalGroupsSequence = pydicom.Sequence([shared])
+    ds.PerFrameFunctionalGroupsSequence = pydicom.Sequence(groups)
+    ds.NumberOfFrames = len(frames)
+    for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType"):  # they live in the groups here
+        if keyword in ds:
+            del ds[keyword]
+    stack = np.stack([_encode_slice(values[:, :, k].T, float(pvt.RescaleSlope), float(pvt.RescaleIntercept)) for k in kept])
+    _set_pixel_data(ds, stack)
+    _save(ds, ref.sop_class_uid, path)

@@ -170,11 +170,9 @@ def test_implicit_and_big_endian_sources_are_written_explicit_little_endian(name
     assert np.array_equal(back.array, source.array)
 
 
-def test_oblique_series_with_a_missing_slice_and_enhanced_ct(mni_ct, tmp_path):
+def test_oblique_series_with_a_missing_slice(mni_ct, tmp_path):
     """Oblique planes keep their geometry; the slice read_dicom_series interpolated is left out."""
-    from dicom_factory import rotation, write_enhanced_ct, write_series
-
-    from medseg.errors import DicomError
+    from dicom_factory import rotation, write_series
 
     oblique = Volume(mni_ct.array, rotation("x", 20) @ rotation("z", -15) @ mni_ct.affine)
     write_series(tmp_path / "src", oblique, drop_slices=(7,))
@@ -195,9 +193,23 @@ def test_oblique_series_with_a_missing_slice_and_enhanced_ct(mni_ct, tmp_path):
         assert [float(v) for v in ds.ImagePositionPatient] == [float(v) for v in src.ImagePositionPatient]
         assert [float(v) for v in ds.ImageOrientationPatient] == [float(v) for v in src.ImageOrientationPatient]
 
+
+def test_enhanced_ct_source_gives_one_multi_frame_derived_image(mni_ct, tmp_path):
+    """Shuffled frames with per-frame rescales in; one frame per slice, in slice order, out."""
+    from dicom_factory import write_enhanced_ct
+
     (tmp_path / "enh").mkdir()
     write_enhanced_ct(tmp_path / "enh" / "ct.dcm", mni_ct)
     series = _series(tmp_path / "enh")
-    with pytest.raises(DicomError, match="multi-frame"):
-        write_derived_series(read_dicom_series(series), series, tmp_path / "enh_out", description="x")
-    assert not (tmp_path / "enh_out").exists()
+    source = read_dicom_series(series)
+    smooth = source.array.astype(np.float32) - 0.25
+    (f,) = write_derived_series(source.with_array(smooth), series, tmp_path / "out", description="enhanced copy")
+    ds = pydicom.dcmread(f)
+    assert int(ds.NumberOfFrames) == mni_ct.shape[2] and list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert ds.SOPClassUID == pydicom.dcmread(series.files[0], stop_before_pixels=True).SOPClassUID
+    assert ds.StudyInstanceUID == series.study_instance_uid and ds.SeriesInstanceUID != series.series_instance_uid
+    assert all("PixelValueTransformationSequence" not in g for g in ds.PerFrameFunctionalGroupsSequence)
+    back = read_dicom_series(tmp_path / "out")
+    np.testing.assert_allclose(back.affine, source.affine, atol=1e-4)
+    assert back.meta["source_frames"] == [[0, k] for k in range(mni_ct.shape[2])]  # slice order now
+    assert np.abs(back.array - smooth).max() <= 0.5 + 1e-6
