@@ -9,7 +9,7 @@ grid, ``spacing_mm: None``), so every step is exactly invertible:
 2. **Intensity** to network units with the plan's invertible map
    (`medseg.data.intensity`: ``x = (v − offset) / scale``).
 3. **Network**:
-   - 2-D (``spatial_dims: 2``): axial slices in batches; with ``context_slices: k`` the k
+   - 2-D (``spatial_dims: 2``): axial slices in batches of ``sw_batch_size`` (default 8); with ``context_slices: k`` the k
      neighbours on each side are stacked as channels (``in_channels = 2k + 1``), slices past
      either end replicate the edge slice, so a 1-slice volume works and each slice is
      restored from its own stack neighbours only. ``roi_size: None`` feeds whole slices;
@@ -154,6 +154,12 @@ def predict_image(
         network.to(dev)
 
     warnings = list(volume.meta.get("warnings") or [])
+    if plan.get("spacing_mm"):
+        # image-to-image plans run on the native grid (resampling there and back would blur
+        # the very detail a denoiser restores); say so rather than resample quietly
+        message = f"the checkpoint's spacing_mm {plan['spacing_mm']} is ignored: image models run on the input's own grid"
+        warnings.append(message)
+        log.warning("%s: %s", where, message)
     values = array.astype(np.float32, copy=True)
     finite = np.isfinite(values)
     n_bad = int(values.size - np.count_nonzero(finite))
