@@ -199,7 +199,7 @@ def write_rtstruct(
         array = array.astype(np.int64)
     if array.dtype.kind == "i" and array.size and array.min() < 0:
         raise DicomError("RTSTRUCT labels must be >= 0 (0 = background)")
-    array = array.astype(np.int64) if array.dtype == np.bool_ else array
+    array = array.view(np.uint8) if array.dtype == np.bool_ else array
     boxes = ndimage.find_objects(array)  # one bounding box per label value 1..max
     values = [v + 1 for v, box in enumerate(boxes) if box is not None]
     if not values:
