@@ -377,6 +377,7 @@ class Projector:
         z = q.shape[0]
         nx, ny = g.image_shape
         u, v = self._pixel_coords(q.device, q.dtype)
+        ui, vj = u.reshape(nx, ny)[:, 0], v.reshape(nx, ny)[0, :]
         npix = u.shape[0]
         ang = g.angles.to(q.device, q.dtype)
         out = torch.zeros(z, npix, device=q.device, dtype=q.dtype)
@@ -386,8 +387,13 @@ class Projector:
             th = ang[v0:v1]
             rows = ((torch.arange(v1 - v0, device=q.device, dtype=q.dtype) + 0.5) * (2.0 / (v1 - v0)) - 1.0)
             if g.kind == "parallel":
-                t = u[:, None] * torch.cos(th)[None, :] + v[:, None] * torch.sin(th)[None, :]
-                gx = t * (2.0 / (g.det_spacing * g.detectors))
+                # t(i, j) = u_i cos θ + v_j sin θ is separable: the grid is one broadcast add of a
+                # per-row and a per-column table (building it point by point costs more than
+                # the sampling itself on a CPU)
+                scale = 2.0 / (g.det_spacing * g.detectors)
+                row_t = torch.stack((ui[:, None] * torch.cos(th)[None, :] * scale, rows[None, :].expand(nx, -1)), dim=-1)
+                col_t = torch.stack((vj[:, None] * torch.sin(th)[None, :] * scale, torch.zeros(ny, v1 - v0, device=q.device, dtype=q.dtype)), dim=-1)
+                grid = (row_t[:, None] + col_t[None, :]).reshape(npix, v1 - v0, 2)
                 weight = None
             else:
                 d = g.source_to_isocenter_mm
@@ -397,7 +403,7 @@ class Projector:
                 alpha = g.det_spacing / d
                 gx = gamma * (2.0 / (alpha * g.detectors))
                 weight = 1.0 / (wu * wu + wv * wv)
-            grid = torch.stack((gx, rows[None, :].expand_as(gx)), dim=-1)
+                grid = torch.stack((gx, rows[None, :].expand_as(gx)), dim=-1)
             samples = F.grid_sample(q[None, :, v0:v1, :], grid[None], mode="bilinear",
                                     padding_mode="zeros", align_corners=False)[0]  # (Z, npix, views)
             if weight is not None:
