@@ -8,7 +8,7 @@ detector bins, back to back in one process:
 2. the noise statistics of the simulated quarter-dose noise (insertion of the extra variance,
    `medseg.ct.low_dose`) made with each projector: std in the liver and the radial NPS there.
 
-Usage: ``python benchmarks/bench_low_dose.py [--views 720] [--batch 4] [--repeat 1]``.
+Usage: ``python benchmarks/bench_low_dose.py [--views 720] [--batch 4] [--repeat 1] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--dose", type=float, default=0.25)
     ap.add_argument("--realisations", type=int, default=3, help="noise realisations per projector for the NPS")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from skimage.transform import iradon, radon
 

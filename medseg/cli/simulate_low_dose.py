@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         detector_pixels: Optional[int] = typer.Option(None, "--detector-pixels", min=2, help="Detector bins (default: cover the image, one pixel wide)."),
         electronic_noise: float = typer.Option(10.0**0.5, "--electronic-noise", min=0.0, help="Electronic noise std in photons."),
         geometry: str = typer.Option("parallel", "--geometry", help="'parallel' or 'fan' (equi-angular detector)."),
-        fbp_filter: str = typer.Option("ram-lak", "--filter", help="FBP window: ram-lak, shepp-logan, cosine, hamming, hann."),
+        fbp_filter: str = typer.Option("hann", "--filter", help="FBP window of the inserted noise: hann (default, soft-tissue-kernel-like), hamming, cosine, shepp-logan, ram-lak (sharpest, most noise)."),
         seed: int = typer.Option(0, "--seed", help="Random seed (the noise of slice k depends only on seed and k)."),
         series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM input: only this SeriesInstanceUID."),
         no_dicom: bool = typer.Option(False, "--no-dicom", help="DICOM input: write NIfTI only, no derived DICOM series."),

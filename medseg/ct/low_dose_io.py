@@ -32,7 +32,7 @@ class LowDoseParams:
     detector_pixels: int | None = None
     electronic_noise_std: float = DEFAULT_ELECTRONIC_NOISE_STD
     geometry: str = "parallel"
-    filter: str = "ram-lak"
+    filter: str = "hann"
     seed: int = 0
 
 
