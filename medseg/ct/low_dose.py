@@ -49,8 +49,8 @@ insert 134 HU of noise std in the liver at quarter dose (73 HU without electroni
 whereas √3 × the scan's own noise (8–12 HU) predicts 14–20 HU for a real quarter-dose scan. A
 per-ray I0 of 1e5–1.5e5 in a 2-D simulation with rays one pixel wide and one slice thick is
 far fewer photons than a real 2 mm slice collects; to match a given scanner, calibrate
-``photons_per_ray`` on a real pair (the variance scales as 1/I0; about 2.7e6 matched the
-bundled scan's expected quarter-dose noise with Hann and no electronic noise).
+``photons_per_ray`` on a real pair (the variance scales as 1/I0; 2.7e6 gives 17 HU there, the
+bundled scan's expected quarter-dose extra noise, with Hann and no electronic noise).
 
 References: L. Yu, M. Shiung, D. Jondal, C. H. McCollough, "Development and validation of a
 practical lower-dose-simulation tool for optimizing computed tomography scan protocols",
