@@ -28,6 +28,13 @@ def build_model(model_cfg: dict[str, Any]) -> nn.Module:
     from medseg.models.image_nets import IMAGE_NETWORKS
 
     name = dict(model_cfg).get("name")
+    from medseg.models.gan import GAN_NETWORKS  # low-dose CT GAN (branch ldct)
+
+    if name in GAN_NETWORKS:
+        try:
+            return GAN_NETWORKS[name](**{k: v for k, v in dict(model_cfg).items() if k != "name"})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid model config for {name!r}: {exc}") from None
     if name in IMAGE_NETWORKS:
         kwargs = {k: v for k, v in dict(model_cfg).items() if k != "name"}
         try:

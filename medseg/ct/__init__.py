@@ -1,0 +1,9 @@
+"""CT physics: a torch projector with filtered back-projection, a low-dose simulator and the
+noise power spectrum.
+
+- `medseg.ct.projector`: `CTGeometry` (parallel or fan beam), `Projector` (forward projection,
+  its exact adjoint, filtered back-projection), batched over slices, differentiable, on any
+  torch device.
+- `medseg.ct.low_dose`: `simulate_low_dose` (noise insertion in the line-integral domain).
+- `medseg.ct.nps`: `noise_power_spectrum`, `radial_average`.
+"""
