@@ -61,6 +61,11 @@ class DataConfig(_Strict):
     )
     cache_rate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of preprocessed cases kept in memory (MONAI CacheDataset).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes for augmentation (0 = in the training process).")
+    review_file: str | None = Field(
+        None,
+        description="Review file of the napari review queue (review.json): its accepted cases, with their corrected "
+        "labels, are added to the training cases (medseg.data.review).",
+    )
 
     @field_validator("labels")
     @classmethod
