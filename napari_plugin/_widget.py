@@ -169,7 +169,7 @@ class SegmentWidget(Container):
         device, tta, relay, cancel = str(self.device.value), bool(self.tta.value), self._relay, self._cancel
 
         @thread_worker
-        def work() -> tuple[Any, dict[str, Any], str]:
+        def work() -> tuple[Any, dict[str, Any], str] | None:
             from medseg.inference import InferenceOptions, load_model, segment_volume
             from medseg.io.viewer import volume_from_layer
 
@@ -182,7 +182,10 @@ class SegmentWidget(Container):
                     raise SegmentationCancelled()
                 relay.progressed.emit(stage, int(done), int(total))
 
-            seg = segment_volume(volume, [model], InferenceOptions(device=device, tta=tta), progress=report)
+            try:
+                seg = segment_volume(volume, [model], InferenceOptions(device=device, tta=tta), progress=report)
+            except SegmentationCancelled:
+                return None
             seg.meta = {**source, "label_names": dict(model.labels), "models": seg.meta.get("models")}
             return labels_layer(seg, f"{name} segmentation", dict(model.labels))
 
@@ -206,12 +209,15 @@ class SegmentWidget(Container):
             self.progress.value = int(100 * done / total)
 
     def _on_done(self, layer_data: Any) -> None:
+        if layer_data is None:
+            self.status.value = "cancelled"
+            return
         _add(self.viewer, layer_data)
         self.progress.value = 100
         self.status.value = f"done: {layer_data[1]['name']}"
 
     def _on_error(self, exc: BaseException) -> None:
-        self.status.value = "cancelled" if isinstance(exc, SegmentationCancelled) else _notify_error(exc)
+        self.status.value = _notify_error(exc)
 
     def _on_finished(self) -> None:
         self.run_button.enabled = True
@@ -258,8 +264,8 @@ class MetricsWidget(Container):
             return None
         if gt.data.shape != pred.data.shape or not np.allclose(gt.scale, pred.scale):
             self.status.value = _notify_error(GeometryError(
-                f"{gt.name!r} {tuple(gt.data.shape)} at {tuple(gt.scale)} mm and {pred.name!r} {tuple(pred.data.shape)} "
-                f"at {tuple(pred.scale)} mm are not on one grid; resample one onto the other first"))
+                f"{gt.name!r} {tuple(gt.data.shape)} at {_mm(gt.scale)} mm and {pred.name!r} {tuple(pred.data.shape)} "
+                f"at {_mm(pred.scale)} mm are not on one grid; resample one onto the other first"))
             return None
         names = {int(k): str(v) for k, v in ((gt.metadata.get(LABELS_KEY) or pred.metadata.get(LABELS_KEY)) or {}).items()}
         gt_data, pred_data, spacing = gt.data, pred.data, tuple(float(s) for s in gt.scale)
@@ -302,6 +308,10 @@ class MetricsWidget(Container):
         write_text_atomic(path, metrics_csv_text(self.rows))
         self.status.value = f"saved {path.name}"
         return path
+
+
+def _mm(values: Any) -> str:
+    return "×".join(f"{float(v):g}" for v in values)
 
 
 def _cell(value: Any) -> Any:
