@@ -85,8 +85,8 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         sources = [bool(self.datalist), bool(self.nnunet_dir), bool(self.training)]
-        if sum(sources) == 0:
-            raise ValueError("give the training cases: one of 'datalist', 'nnunet_dir' or 'training'")
+        if sum(sources) == 0 and not self.review_file:
+            raise ValueError("give the training cases: one of 'datalist', 'nnunet_dir', 'training' or 'review_file'")
         if sum(sources) > 1:
             raise ValueError("give only one of 'datalist', 'nnunet_dir' or 'training'")
         return self
