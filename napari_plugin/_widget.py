@@ -227,7 +227,7 @@ class SegmentWidget(Container):
 # --------------------------------------------------------------------------------------------
 # Metrics
 
-_METRIC_COLUMNS = ("label", "name", "dice", "iou", "hd", "hd95", "assd")
+_METRIC_COLUMNS = ("name", "dice", "iou", "hd", "hd95", "assd")  # the CSV export has every column
 
 
 class MetricsWidget(Container):
@@ -245,6 +245,7 @@ class MetricsWidget(Container):
         self.export_button = PushButton(text="Export CSV")
         self.status = Label(label="", value="")
         self.extend([self.ground_truth, self.prediction, self.run_button, self.table, self.csv_path, self.export_button, self.status])
+        self.native.setMinimumWidth(520)  # room for the six metric columns
         self.rows: list[dict[str, Any]] = []
         self.worker: Any = None
         self.run_button.changed.connect(self.start)
