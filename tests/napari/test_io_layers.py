@@ -193,3 +193,29 @@ def test_sample_dicom_labels_export_as_seg_exactly(tmp_path):
     _, (small, small_kw, _) = ct_small()
     with pytest.raises(DicomError, match="NIfTI"):
         write_labels_dicom_seg(str(tmp_path / "x.dcm"), small, {"name": "x", "metadata": small_kw["metadata"]})
+
+
+def test_labelmap_seg_when_the_writer_has_it(tmp_path):
+    import inspect
+
+    from medseg.errors import DicomError
+    from medseg.io.seg import read_dicom_seg, write_dicom_seg
+    from medseg.io.viewer import volume_from_layer
+
+    from napari_plugin._sample_data import ct_dicom
+    from napari_plugin._writer import write_labels_dicom_seg_labelmap
+
+    with pytest.warns(UserWarning):
+        _, (data, kw, _) = ct_dicom()
+    labels = np.where(np.isin(data, [5, 1]), data, 0).astype(np.uint8)
+    meta = {"name": kw["name"], "metadata": kw["metadata"]}
+    if "seg_type" not in inspect.signature(write_dicom_seg).parameters:  # before the inference branch lands
+        with pytest.raises(DicomError, match="BINARY"):
+            write_labels_dicom_seg_labelmap(str(tmp_path / "lm.dcm"), labels, meta)
+        return
+    out = write_labels_dicom_seg_labelmap(str(tmp_path / "lm.dcm"), labels, meta)[0]
+    import pydicom
+
+    assert str(pydicom.dcmread(out, stop_before_pixels=True).SegmentationType) == "LABELMAP"
+    seg = read_dicom_seg(out, load_volume(sample_data.path("ct_dicom")))
+    np.testing.assert_array_equal(seg.array, volume_from_layer(labels, kw["metadata"]).array)
