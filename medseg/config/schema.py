@@ -61,6 +61,11 @@ class DataConfig(_Strict):
     )
     cache_rate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of preprocessed cases kept in memory (MONAI CacheDataset).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes for augmentation (0 = in the training process).")
+    review_file: str | None = Field(
+        None,
+        description="Review file of the napari review queue (review.json): its accepted cases, with their corrected "
+        "labels, are added to the training cases (medseg.data.review).",
+    )
 
     @field_validator("labels")
     @classmethod
@@ -80,8 +85,8 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
         sources = [bool(self.datalist), bool(self.nnunet_dir), bool(self.training)]
-        if sum(sources) == 0:
-            raise ValueError("give the training cases: one of 'datalist', 'nnunet_dir' or 'training'")
+        if sum(sources) == 0 and not self.review_file:
+            raise ValueError("give the training cases: one of 'datalist', 'nnunet_dir', 'training' or 'review_file'")
         if sum(sources) > 1:
             raise ValueError("give only one of 'datalist', 'nnunet_dir' or 'training'")
         return self

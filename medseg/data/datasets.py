@@ -263,6 +263,10 @@ def resolve_cases(cfg: Any) -> tuple[list[Case], list[Case]]:
                 raise ConfigError(f"data.training: case {c.image} has no label")
             training.append(_case(Path(c.image), Path(c.label), c.name))
     validation += [_case(Path(c.image), Path(c.label) if c.label else None, c.name) for c in data.validation]
+    if getattr(data, "review_file", None):
+        from medseg.data.review import review_training_cases
+
+        training += review_training_cases(data.review_file)
     if not training:
         raise ConfigError("no training cases")
     if not validation and data.val_fraction > 0 and len(training) >= 2:
