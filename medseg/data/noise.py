@@ -22,11 +22,13 @@ Levels and their units:
   acquired with ``photons_per_ray`` unattenuated photons per detector reading (see
   `add_ct_dose_noise` for the model and what it approximates).
 
-CT levels: ``photons_per_ray`` is an *effective* count of the model (it stands for the photons
-behind one pixel's ray after slice-thickness averaging, with no bowtie filter or tube-current
-modulation). The default 1e6 gives a full-dose noise of a few tens of HU in soft tissue of the
-bundled abdominal CT, the order of a thin-slice clinical scan; a dose fraction of 0.25 then adds
-about √3 times that (quarter dose).
+CT levels: ``photons_per_ray`` is an *effective* count of the model: it stands for the photons
+behind one pixel's ray after averaging over the detector rows of a slice, with no bowtie filter
+or tube-current modulation. The default 1e7 is calibrated so that the full-dose noise the model
+predicts in the soft tissue of the bundled abdominal CT (512², 0.98 mm, 2 mm slices) is about
+14 HU (median), the order of a clinical abdominal scan; a dose fraction of 0.25 then adds √3
+times that, and long lateral paths (shoulders, arms, hips) get much more, as on a real low-dose
+scan without modulation.
 
 Differs from MONAI's ``RandGaussianNoised`` / ``RandRicianNoised``: levels are drawn from a
 range per call (MONAI's std is a maximum with a uniform draw below it, in relative units for
@@ -153,6 +155,7 @@ def ct_noise_std_hu(
     dose_fraction: float,
     electronic_sigma: float = 0.0,
     n_views: int = 1000,
+    n_angles: int = 16,
     mu_water_per_mm: float = MU_WATER_PER_MM,
 ) -> np.ndarray:
     """Per-pixel std (HU) of the noise *added* when a full-dose slice is re-simulated at a lower dose.
@@ -160,8 +163,9 @@ def ct_noise_std_hu(
     Model (an image-domain approximation of parallel-beam FBP, no projector):
 
     1. ``μ = μ_water · (1 + HU/1000)`` (1/mm), clipped at 0.
-    2. Line integrals through each pixel ``p`` are approximated by the two axis-aligned rays
-       through it: the row sum ``Σ_x μ·Δx`` and the column sum ``Σ_y μ·Δy`` (dimensionless).
+    2. Line integrals ``p_θ`` of μ along the rays through each pixel at ``n_angles`` directions
+       over 180° (the slice rotated, summed along rows, rotated back; computed on a grid of at
+       most 128 px a side — the variance map is smooth — and interpolated back).
     3. A reading behind ``p`` has ``N̄ = I₀·exp(−p)`` photons at full dose and the projection
        ``−log(N/I₀)`` has variance ``(N̄ + σ_e²)/N̄²`` (delta method on `sample_counts`). At dose
        fraction ``a`` the counts scale by ``a``; the full-dose scan already holds the noise of
@@ -170,13 +174,13 @@ def ct_noise_std_hu(
        Yu et al., Med. Phys. 2012, transferred to the image).
     4. FBP with a Ram-Lak ramp filter on detector spacing ``d`` and ``n_views`` views over 180°
        turns independent projection noise into pixel noise of variance
-       ``π²/(12·n_views·d²) · mean_θ σ_p²(θ)`` (1/mm²); the mean over θ is the mean over the two
-       rays of step 2. The detector spacing at the isocentre is taken equal to the pixel spacing.
+       ``π²/(12·n_views·d²) · mean_θ σ_p²(θ)`` (1/mm²). The detector spacing at the isocentre
+       is taken equal to the (mean in-plane) pixel spacing.
     5. ``σ_HU = 1000 · σ_μ / μ_water``.
 
     What it is not: a projection-domain simulation (no beam hardening, bowtie, fan geometry or
-    tube-current modulation; streaks along dense paths are only the two axis directions). For a
-    simulator that forward-projects and reconstructs, see ``medseg.ct.low_dose`` (branch ldct).
+    tube-current modulation, no streak *structure*: only their variance). For a simulator that
+    forward-projects and reconstructs, see ``medseg.ct.low_dose`` (branch ldct).
 
     Args:
         hu_slice: a 2-D axial slice in HU, axes (x, y).
@@ -184,7 +188,8 @@ def ct_noise_std_hu(
         photons_per_ray: ``I₀``, unattenuated photons per detector reading at full dose.
         dose_fraction: ``a`` in (0, 1]; 1 adds no noise.
         electronic_sigma: electronic noise std per reading, in counts.
-        n_views: projections over 180°.
+        n_views: projections over 180° (sets the FBP noise scale).
+        n_angles: ray directions averaged per pixel in step 2.
         mu_water_per_mm: μ of water (1/mm).
 
     Returns:
@@ -193,6 +198,8 @@ def ct_noise_std_hu(
     Raises:
         ConfigError: a level outside its range.
     """
+    from scipy.ndimage import rotate, zoom
+
     if not 0 < dose_fraction <= 1:
         raise ConfigError(f"dose_fraction must be in (0, 1], got {dose_fraction}")
     if photons_per_ray <= 0:
@@ -200,21 +207,30 @@ def ct_noise_std_hu(
     hu = np.asarray(hu_slice, dtype=np.float64)
     if hu.ndim != 2:
         raise ConfigError(f"ct_noise_std_hu expects a 2-D slice, got shape {hu.shape}")
-    dx, dy = float(spacing_mm[0]), float(spacing_mm[1])
+    d = math.sqrt(float(spacing_mm[0]) * float(spacing_mm[1]))
     mu = np.clip(mu_water_per_mm * (1.0 + hu / 1000.0), 0.0, None)
-    rays = (
-        np.broadcast_to((mu.sum(axis=0, keepdims=True) * dx), mu.shape),  # rays along x
-        np.broadcast_to((mu.sum(axis=1, keepdims=True) * dy), mu.shape),  # rays along y
-    )
+    # coarse grid: a ray sum is an integral, so μ is averaged into coarse pixels of side step·d
+    step = max(1, int(math.ceil(max(mu.shape) / 128)))
+    ny, nx = (mu.shape[0] // step) * step, (mu.shape[1] // step) * step
+    coarse = mu[:ny, :nx].reshape(ny // step, step, nx // step, step).mean(axis=(1, 3))
+    # pad to the diagonal (air) so rotations keep every ray's full length
+    side = int(math.ceil(math.hypot(*coarse.shape))) + 2
+    pad0, pad1 = (side - coarse.shape[0]) // 2, (side - coarse.shape[1]) // 2
+    padded = np.zeros((side, side))
+    padded[pad0 : pad0 + coarse.shape[0], pad1 : pad1 + coarse.shape[1]] = coarse
     a = float(dose_fraction)
-    var_p = np.zeros_like(mu)
-    for p in rays:
-        # exp(p) can overflow behind metal on wide slices; cap the line integral (N̄ ≥ ~1e-13 I₀).
-        inv_n = np.exp(np.minimum(p, 30.0)) / photons_per_ray
-        var_p += (1.0 / a - 1.0) * inv_n + electronic_sigma**2 * (1.0 / a**2 - 1.0) * inv_n**2
-    var_p /= len(rays)
-    d = math.sqrt(dx * dy)
-    var_mu = math.pi**2 / (12.0 * n_views * d * d) * var_p
+    var_p = np.zeros_like(padded)
+    for theta in np.arange(n_angles) * (180.0 / n_angles):
+        rotated = rotate(padded, theta, reshape=False, order=1, mode="constant", cval=0.0)
+        # exp(p) overflows behind metal on wide slices; cap the line integral (N̄ ≥ ~1e-13 I₀)
+        p = np.minimum(rotated.sum(axis=0, keepdims=True) * d * step, 30.0)
+        inv_n = np.exp(p) / photons_per_ray
+        per_ray = (1.0 / a - 1.0) * inv_n + electronic_sigma**2 * (1.0 / a**2 - 1.0) * inv_n**2
+        var_p += rotate(np.broadcast_to(per_ray, padded.shape), -theta, reshape=False, order=1, mode="nearest")
+    var_p = var_p[pad0 : pad0 + coarse.shape[0], pad1 : pad1 + coarse.shape[1]] / n_angles
+    if step > 1:
+        var_p = zoom(var_p, (mu.shape[0] / var_p.shape[0], mu.shape[1] / var_p.shape[1]), order=1, mode="nearest")
+    var_mu = math.pi**2 / (12.0 * n_views * d * d) * np.clip(var_p, 0.0, None)
     return 1000.0 * np.sqrt(var_mu) / mu_water_per_mm
 
 
@@ -242,7 +258,7 @@ def add_ct_dose_noise(
     spacing_mm: Sequence[float],
     rng: np.random.Generator,
     *,
-    photons_per_ray: float = 1e6,
+    photons_per_ray: float = 1e7,
     dose_fraction: float = 0.25,
     electronic_sigma: float = 10.0,
     n_views: int = 1000,
@@ -449,7 +465,7 @@ class RandCTDoseNoised(_NoiseBase):
     Args:
         keys: keys of the CT images.
         dose_range: ``[a_min, a_max]`` ⊂ (0, 1], dose fraction of the full dose (default 5 %–50 %).
-        photons_per_ray: full-dose unattenuated photons per detector reading (``I₀``), default 1e6 (an effective count: see the module docs).
+        photons_per_ray: full-dose unattenuated photons per detector reading (``I₀``), default 1e7 (an effective count: see the module docs).
         electronic_sigma: electronic noise std per reading, in counts (default 10).
         n_views: projections over 180° (default 1000).
         intensity: the image's intensity plan if not in HU (``{"kind": "hu_linear", ...}``).
@@ -463,7 +479,7 @@ class RandCTDoseNoised(_NoiseBase):
         self,
         keys: KeysCollection,
         dose_range: Sequence[float] | float = (0.05, 0.5),
-        photons_per_ray: float = 1e6,
+        photons_per_ray: float = 1e7,
         electronic_sigma: float = 10.0,
         n_views: int = 1000,
         intensity: dict[str, Any] | None = None,
@@ -528,7 +544,7 @@ def build_noise_transform(
 
     - ``{"model": "gaussian", "sigma_range": [0.0, 0.05]}``
     - ``{"model": "rician", "fraction_range": [0.01, 0.1]}``
-    - ``{"model": "ct_dose", "dose_range": [0.05, 0.5], "photons_per_ray": 1e6,
+    - ``{"model": "ct_dose", "dose_range": [0.05, 0.5], "photons_per_ray": 1e7,
       "intensity": {"kind": "hu_linear", ...}}``
 
     Raises:

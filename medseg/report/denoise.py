@@ -49,7 +49,7 @@ class DenoiseRow:
     ssim: float
     rmse: float
     data_range: float
-    window: str  # "lo..hi units": both images clipped to it before the metrics
+    window: str  # "lo..hi units" (both images clipped to it before the metrics) or "not clipped, range R units"
     units: str
     seconds_per_slice: float | None = None
 
@@ -66,25 +66,38 @@ def score_denoised(
     denoised: np.ndarray,
     clean: np.ndarray,
     *,
-    window: tuple[float, float],
     units: str,
     seed: int,
+    window: tuple[float, float] | None = None,
+    data_range: float | None = None,
     seconds_per_slice: float | None = None,
 ) -> DenoiseRow:
-    """PSNR (dB), per-slice SSIM and RMSE of ``denoised`` against ``clean`` in ``window``.
+    """PSNR (dB), per-slice SSIM and RMSE of ``denoised`` against ``clean``.
 
     Args:
         case, noise_model, level, level_units, method, seed: what the row describes.
         denoised, clean: same-shape arrays in image units (HU for CT), (X, Y[, Z]).
-        window: ``(lo, hi)`` in image units: both clipped to it, data range ``hi − lo``.
         units: the image units' name ("HU", "a.u.").
+        window: ``(lo, hi)`` in image units: both clipped to it, data range ``hi − lo``.
+        data_range: instead of a window: the data range, nothing clipped (e.g. MR's P99.5).
         seconds_per_slice: the method's time per slice, if measured.
+
+    Raises:
+        ValueError: neither or both of window / data_range.
     """
-    lo, hi = float(window[0]), float(window[1])
+    if (window is None) == (data_range is None):
+        raise ValueError("give exactly one of window (lo, hi) or data_range")
+    if window is not None:
+        lo, hi = float(window[0]), float(window[1])
+        kw: dict[str, Any] = {"window": (lo, hi)}
+        span, text = hi - lo, f"{lo:g}..{hi:g} {units}"
+    else:
+        span = float(data_range)  # type: ignore[arg-type]
+        kw, text = {"data_range": span}, f"not clipped, range {span:.4g} {units}"
     return DenoiseRow(
         case=case, noise_model=noise_model, level=float(level), level_units=level_units, method=method, seed=int(seed),
-        psnr_db=psnr(denoised, clean, window=(lo, hi)), ssim=ssim(denoised, clean, window=(lo, hi)),
-        rmse=rmse(denoised, clean, window=(lo, hi)), data_range=hi - lo, window=f"{lo:g}..{hi:g} {units}", units=units,
+        psnr_db=psnr(denoised, clean, **kw), ssim=ssim(denoised, clean, **kw),
+        rmse=rmse(denoised, clean, window=kw.get("window")), data_range=span, window=text, units=units,
         seconds_per_slice=seconds_per_slice,
     )
 

@@ -185,3 +185,11 @@ def test_builder_and_bad_levels_give_clear_errors():
         add_rician_noise(np.zeros(3), -1.0, np.random.default_rng(0))
     with pytest.raises(ConfigError, match="spacing"):
         RandCTDoseNoised("image")({"image": np.zeros((1, 8, 8), dtype=np.float32)})
+
+
+def test_default_photons_give_a_clinical_full_dose_noise_in_soft_tissue(ct_slice):
+    hu, spacing = ct_slice
+    # at a = 0.5 the added quantum variance (1/a − 1)/N̄ equals the full-dose one 1/N̄
+    full = ct_noise_std_hu(hu, spacing[:2], photons_per_ray=RandCTDoseNoised("image").photons_per_ray, dose_fraction=0.5)
+    soft = (hu > -100) & (hu < 200)
+    assert 8 < np.median(full[soft]) < 25  # HU: the order of a clinical abdominal CT
