@@ -54,10 +54,12 @@ __all__ = [
     "RandCTDoseNoised",
     "RandGaussianNoiseRanged",
     "RandRicianNoiseRanged",
+    "CTNoiseMapsd",
     "add_ct_dose_noise",
     "add_gaussian_noise",
     "add_rician_noise",
     "build_noise_transform",
+    "ct_noise_maps",
     "ct_noise_std_hu",
     "ramp_texture_noise",
     "robust_max",
@@ -198,40 +200,71 @@ def ct_noise_std_hu(
     Raises:
         ConfigError: a level outside its range.
     """
-    from scipy.ndimage import rotate, zoom
-
     if not 0 < dose_fraction <= 1:
         raise ConfigError(f"dose_fraction must be in (0, 1], got {dose_fraction}")
     if photons_per_ray <= 0:
         raise ConfigError(f"photons_per_ray must be > 0, got {photons_per_ray}")
+    maps = ct_noise_maps(hu_slice, spacing_mm, n_angles=n_angles, mu_water_per_mm=mu_water_per_mm)
+    return _std_from_maps(maps[0], maps[1], photons_per_ray, dose_fraction, electronic_sigma, n_views)
+
+
+def _std_from_maps(
+    root_g1: np.ndarray, root_g2: np.ndarray, photons_per_ray: float, dose_fraction: float, electronic_sigma: float, n_views: int
+) -> np.ndarray:
+    """σ_HU from `ct_noise_maps`: ``sqrt(((1/a − 1)·G₁/I₀ + σ_e²·(1/a² − 1)·G₂/I₀²) / n_views)``."""
+    a = float(dose_fraction)
+    g1 = np.asarray(root_g1, dtype=np.float64) ** 2
+    g2 = np.asarray(root_g2, dtype=np.float64) ** 2
+    var = ((1.0 / a - 1.0) * g1 / photons_per_ray + electronic_sigma**2 * (1.0 / a**2 - 1.0) * g2 / photons_per_ray**2) / n_views
+    return np.sqrt(np.clip(var, 0.0, None))
+
+
+def ct_noise_maps(
+    hu_slice: np.ndarray, spacing_mm: Sequence[float], *, n_angles: int = 16, mu_water_per_mm: float = MU_WATER_PER_MM
+) -> np.ndarray:
+    """The dose-independent part of `ct_noise_std_hu`, per pixel: ``(√G₁, √G₂)``.
+
+    ``G₁ = π²/(12·d²) · (1000/μ_water)² · mean_θ exp(p_θ)`` and ``G₂`` the same with
+    ``exp(2·p_θ)`` (steps 1, 2 and 4 of `ct_noise_std_hu`), so that for any level
+    ``σ_HU² = ((1/a − 1)·G₁/I₀ + σ_e²·(1/a² − 1)·G₂/I₀²) / n_views``. They depend on the clean
+    slice only: compute them once per scan (`CTNoiseMapsd`, cached by MONAI's CacheDataset and
+    cropped with the image) and draw noise on patches cheaply. Square roots keep them in float32
+    range.
+
+    Returns:
+        float32 array ``(2, X, Y)``.
+    """
+    from scipy.ndimage import rotate, zoom
+
     hu = np.asarray(hu_slice, dtype=np.float64)
     if hu.ndim != 2:
-        raise ConfigError(f"ct_noise_std_hu expects a 2-D slice, got shape {hu.shape}")
+        raise ConfigError(f"CT noise maps expect a 2-D slice, got shape {hu.shape}")
     d = math.sqrt(float(spacing_mm[0]) * float(spacing_mm[1]))
     mu = np.clip(mu_water_per_mm * (1.0 + hu / 1000.0), 0.0, None)
     # coarse grid: a ray sum is an integral, so μ is averaged into coarse pixels of side step·d
     step = max(1, int(math.ceil(max(mu.shape) / 128)))
-    ny, nx = (mu.shape[0] // step) * step, (mu.shape[1] // step) * step
-    coarse = mu[:ny, :nx].reshape(ny // step, step, nx // step, step).mean(axis=(1, 3))
+    ny, nx = max(1, mu.shape[0] // step) * step, max(1, mu.shape[1] // step) * step
+    src = np.pad(mu, ((0, max(0, ny - mu.shape[0])), (0, max(0, nx - mu.shape[1]))))[:ny, :nx]
+    coarse = src.reshape(ny // step, step, nx // step, step).mean(axis=(1, 3))
     # pad to the diagonal (air) so rotations keep every ray's full length
     side = int(math.ceil(math.hypot(*coarse.shape))) + 2
     pad0, pad1 = (side - coarse.shape[0]) // 2, (side - coarse.shape[1]) // 2
     padded = np.zeros((side, side))
     padded[pad0 : pad0 + coarse.shape[0], pad1 : pad1 + coarse.shape[1]] = coarse
-    a = float(dose_fraction)
-    var_p = np.zeros_like(padded)
+    sums = np.zeros((2, side, side))
     for theta in np.arange(n_angles) * (180.0 / n_angles):
         rotated = rotate(padded, theta, reshape=False, order=1, mode="constant", cval=0.0)
         # exp(p) overflows behind metal on wide slices; cap the line integral (N̄ ≥ ~1e-13 I₀)
         p = np.minimum(rotated.sum(axis=0, keepdims=True) * d * step, 30.0)
-        inv_n = np.exp(p) / photons_per_ray
-        per_ray = (1.0 / a - 1.0) * inv_n + electronic_sigma**2 * (1.0 / a**2 - 1.0) * inv_n**2
-        var_p += rotate(np.broadcast_to(per_ray, padded.shape), -theta, reshape=False, order=1, mode="nearest")
-    var_p = var_p[pad0 : pad0 + coarse.shape[0], pad1 : pad1 + coarse.shape[1]] / n_angles
+        for i, e in enumerate((np.exp(p), np.exp(2.0 * p))):
+            sums[i] += rotate(np.broadcast_to(e, padded.shape), -theta, reshape=False, order=1, mode="nearest")
+    sums = sums[:, pad0 : pad0 + coarse.shape[0], pad1 : pad1 + coarse.shape[1]] / n_angles
     if step > 1:
-        var_p = zoom(var_p, (mu.shape[0] / var_p.shape[0], mu.shape[1] / var_p.shape[1]), order=1, mode="nearest")
-    var_mu = math.pi**2 / (12.0 * n_views * d * d) * np.clip(var_p, 0.0, None)
-    return 1000.0 * np.sqrt(var_mu) / mu_water_per_mm
+        sums = np.stack([zoom(m, (ny / m.shape[0], nx / m.shape[1]), order=1, mode="nearest") for m in sums])
+        sums = np.pad(sums, ((0, 0), (0, max(0, mu.shape[0] - ny)), (0, max(0, mu.shape[1] - nx))), mode="edge")
+        sums = sums[:, : mu.shape[0], : mu.shape[1]]
+    scale = math.pi**2 / (12.0 * d * d) * (1000.0 / mu_water_per_mm) ** 2
+    return np.sqrt(np.clip(sums, 0.0, None) * scale).astype(np.float32)
 
 
 def ramp_texture_noise(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -470,7 +503,18 @@ class RandCTDoseNoised(_NoiseBase):
         n_views: projections over 180° (default 1000).
         intensity: the image's intensity plan if not in HU (``{"kind": "hu_linear", ...}``).
         spacing_mm: pixel spacing (x, y) in mm when the images carry no affine.
+        maps_key: a key holding `CTNoiseMapsd`'s maps of the *whole* slices, cropped like the
+            image. With it, noise on a patch has the variance of its place in the full slice
+            (the rays cross the whole body, not the patch) and costs only the texture draw;
+            without it the maps are computed from the array itself, which must then hold
+            whole axial slices.
         prob, output_keys, level_key: as in `RandGaussianNoiseRanged` (level = dose fraction).
+
+    Example (patch training)::
+
+        CTNoiseMapsd("image", maps_key="ct_maps", intensity=plan)   # deterministic: cached
+        RandSpatialCropd(["image", "ct_maps"], roi_size=(64, 64, 3))
+        RandCTDoseNoised("image", maps_key="ct_maps", intensity=plan, output_keys="noisy")
     """
 
     level_units = "dose fraction"
@@ -484,12 +528,14 @@ class RandCTDoseNoised(_NoiseBase):
         n_views: int = 1000,
         intensity: dict[str, Any] | None = None,
         spacing_mm: Sequence[float] | None = None,
+        maps_key: str | None = None,
         prob: float = 1.0,
         output_keys: KeysCollection | None = None,
         level_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, prob, output_keys, level_key, allow_missing_keys)
+        self.maps_key = maps_key
         lo, hi = _check_range("dose_range", dose_range, high=1.0)
         if lo <= 0:
             raise ConfigError(f"dose_range must be within (0, 1], got [{lo}, {hi}]")
@@ -522,9 +568,24 @@ class RandCTDoseNoised(_NoiseBase):
         return float(sp[0]), float(sp[1])
 
     def _noise(self, array: np.ndarray, data: Mapping[Hashable, Any], key: Hashable) -> np.ndarray:
-        spacing = self._spacing(data[key])
         params = intensity_params(array, self.intensity) if self.intensity is not None else None
         hu = from_network_units(array.astype(np.float64), params) if params else array.astype(np.float64)
+        if self.maps_key is not None:
+            if self.maps_key not in data:
+                raise ConfigError(f"CT dose noise: maps_key {self.maps_key!r} is not in the data; put CTNoiseMapsd before it")
+            maps = _to_numpy(data[self.maps_key]).astype(np.float64)
+            if maps.shape[0] != 2 or maps.shape[1:] != hu.shape[1:]:
+                raise ConfigError(
+                    f"CT dose noise: maps {self.maps_key!r} of shape {maps.shape} do not match the image {hu.shape}; "
+                    "crop them with the image"
+                )
+            std = _std_from_maps(maps[0], maps[1], self.photons_per_ray, self.level, self.electronic_sigma, self.n_views)
+            slices = std[..., None] if std.ndim == 2 else std
+            texture = np.stack([ramp_texture_noise(slices.shape[:2], self.R) for _ in range(slices.shape[2])], axis=-1)
+            added = (slices * texture).reshape(std.shape)
+            noisy = hu + added[None]
+            return (to_network_units(noisy, params) if params else noisy).astype(np.float32)
+        spacing = self._spacing(data[key])
         noisy = np.stack([
             add_ct_dose_noise(
                 channel, spacing, self.R, photons_per_ray=self.photons_per_ray, dose_fraction=self.level,
@@ -533,6 +594,61 @@ class RandCTDoseNoised(_NoiseBase):
             for channel in hu
         ])
         return (to_network_units(noisy.astype(np.float64), params) if params else noisy).astype(np.float32)
+
+
+class CTNoiseMapsd(MapTransform):
+    """Deterministic: store `ct_noise_maps` of each axial slice of a CT under ``maps_key``.
+
+    The maps (``(2, X, Y[, Z])``, float32, same type as the image — a MetaTensor keeps the
+    affine) depend only on the clean scan, so MONAI's ``CacheDataset`` computes them once; crop
+    them together with the image and give `RandCTDoseNoised` the same ``maps_key``.
+
+    Args:
+        keys: the CT image key (one; channel 0 is used).
+        maps_key: where the maps go.
+        intensity: the image's ``hu_linear`` plan if not in HU.
+        spacing_mm: pixel spacing (x, y) in mm when the image carries no affine.
+        n_angles: ray directions per pixel (see `ct_noise_std_hu`).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        maps_key: str = "ct_noise_maps",
+        intensity: dict[str, Any] | None = None,
+        spacing_mm: Sequence[float] | None = None,
+        n_angles: int = 16,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ConfigError(f"CTNoiseMapsd takes one image key, got {list(self.keys)}")
+        self.maps_key = maps_key
+        self.n_angles = int(n_angles)
+        # RandCTDoseNoised's checks and spacing logic, without its randomness
+        self._geometry = RandCTDoseNoised(keys, intensity=intensity, spacing_mm=spacing_mm)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            original = d[key]
+            array = _to_numpy(original)[0].astype(np.float64)
+            intensity = self._geometry.intensity
+            hu = from_network_units(array, intensity_params(array, intensity)) if intensity is not None else array
+            spacing = self._geometry._spacing(original)
+            slices = hu[..., None] if hu.ndim == 2 else hu
+            maps = np.stack([ct_noise_maps(slices[:, :, z], spacing, n_angles=self.n_angles) for z in range(slices.shape[2])], axis=-1)
+            maps = maps.reshape((2, *hu.shape))
+            if isinstance(original, torch.Tensor):
+                out = torch.as_tensor(maps)
+                if hasattr(original, "meta"):
+                    from monai.data import MetaTensor
+
+                    out = MetaTensor(out, affine=original.affine, meta=dict(original.meta))
+                d[self.maps_key] = out
+            else:
+                d[self.maps_key] = maps
+        return d
 
 
 def build_noise_transform(

@@ -193,3 +193,26 @@ def test_default_photons_give_a_clinical_full_dose_noise_in_soft_tissue(ct_slice
     full = ct_noise_std_hu(hu, spacing[:2], photons_per_ray=RandCTDoseNoised("image").photons_per_ray, dose_fraction=0.5)
     soft = (hu > -100) & (hu < 200)
     assert 8 < np.median(full[soft]) < 25  # HU: the order of a clinical abdominal CT
+
+
+def test_patch_noise_from_cached_maps_keeps_the_whole_slice_variance(ct_slice):
+    from medseg.data.noise import CTNoiseMapsd
+
+    hu, spacing = ct_slice
+    affine = torch.diag(torch.tensor([spacing[0], spacing[1], spacing[2], 1.0], dtype=torch.float64))
+    img = MetaTensor(torch.as_tensor(hu[None, :, :, None], dtype=torch.float32), affine=affine)
+    d = CTNoiseMapsd("image", maps_key="maps")({"image": img})
+    assert d["maps"].shape == (2, *hu.shape, 1) and isinstance(d["maps"], MetaTensor)
+    box = (slice(0, 1), slice(200, 264), slice(150, 214), slice(0, 1))  # a 64² patch inside the body
+    patch = {"image": d["image"][box], "maps": d["maps"][(slice(None), *box[1:])]}
+    t = RandCTDoseNoised("image", dose_range=0.25, maps_key="maps", output_keys="noisy")
+    t.set_random_state(seed=1)
+    out = t(patch)
+    added = (out["noisy"] - patch["image"])[0, :, :, 0].numpy()
+    full = ct_noise_std_hu(hu, spacing[:2], photons_per_ray=1e7, dose_fraction=0.25, electronic_sigma=10.0)[200:264, 150:214]
+    assert (added / full).std() == pytest.approx(1.0, rel=0.05)
+    # the patch alone would be an object 64 px wide: far less attenuation, far less noise
+    alone = ct_noise_std_hu(hu[200:264, 150:214], spacing[:2], photons_per_ray=1e7, dose_fraction=0.25, electronic_sigma=10.0)
+    assert np.median(alone) < 0.5 * np.median(full)
+    with pytest.raises(ConfigError, match="crop them with the image"):
+        t({"image": patch["image"], "maps": d["maps"]})
