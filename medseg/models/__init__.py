@@ -6,10 +6,11 @@ from typing import Any
 
 from torch import nn
 
+from medseg.models.denoise import DENOISER_NAMES, build_denoiser
 from medseg.models.pretrained import PretrainedReport, load_pretrained_encoder
 from medseg.models.resunet import ResUNet3D
 
-__all__ = ["PretrainedReport", "ResUNet3D", "build_model", "load_pretrained_encoder"]
+__all__ = ["DENOISER_NAMES", "PretrainedReport", "ResUNet3D", "build_denoiser", "build_model", "load_pretrained_encoder"]
 
 
 def build_model(model_cfg: dict[str, Any]) -> nn.Module:
@@ -18,9 +19,14 @@ def build_model(model_cfg: dict[str, Any]) -> nn.Module:
     The returned network has freshly initialised weights (load ``Checkpoint.state_dict`` into
     it); the ``pretrained`` entry is ignored here (training applies it).
 
+    Denoisers (``name`` in `DENOISER_NAMES`: redcnn, unet_denoiser, vae_denoiser) are built by
+    `medseg.models.denoise.build_denoiser`.
+
     Raises:
         ConfigError: unknown architecture or keys, or ``out_channels`` missing.
     """
+    if model_cfg.get("name") in DENOISER_NAMES:
+        return build_denoiser(dict(model_cfg))
     from pydantic import ValidationError
 
     from medseg.config.schema import ModelConfig

@@ -1,0 +1,299 @@
+"""Denoising networks: RED-CNN, a residual U-Net and a convolutional VAE, in 2-D and 3-D.
+
+Every denoiser maps ``(B, C_in, H, W[, D])`` in network units to ``(B, 1, H, W[, D])``: the clean
+image in network units. They are residual: ``output = x_centre + f(x)`` where ``x_centre`` is
+the input's centre channel (``C_in // 2``). With 2.5-D input (``k`` neighbour slices each side
+stacked as channels, ``C_in = 2k + 1``) that is the slice being denoised; with one channel it is
+the input itself. The last layer of ``f`` starts at zero, so an untrained network is the
+identity and training starts from "no change" rather than from noise.
+
+``model(x, return_kl=True)`` returns ``(output, kl)`` for every denoiser (``kl`` is 0 except for
+the VAE) so a training task can add ``β · kl`` without knowing which network it has; it goes
+through ``forward`` so DistributedDataParallel sees the call.
+
+Config dicts (``model:`` of a workflow, ``Checkpoint.model``) select one by ``name``; see
+`REDCNNConfig`, `UNetDenoiserConfig`, `VAEDenoiserConfig` and `build_denoiser`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import BasicUNet
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from medseg.errors import ConfigError
+
+__all__ = [
+    "DENOISER_NAMES",
+    "REDCNN",
+    "REDCNNConfig",
+    "UNetDenoiser",
+    "UNetDenoiserConfig",
+    "VAEDenoiser",
+    "VAEDenoiserConfig",
+    "build_denoiser",
+]
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+def _tconv(spatial_dims: int) -> type[nn.Module]:
+    return nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
+
+
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    c = x.shape[1] // 2
+    return x[:, c : c + 1]
+
+
+def _check_channels(in_channels: int) -> None:
+    if in_channels < 1 or in_channels % 2 == 0:
+        raise ConfigError(
+            f"model.in_channels must be odd (1, or 2k+1 for k context slices each side), got {in_channels}"
+        )
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, list[int]]:
+    """Replicate-pad the spatial axes up to a multiple (U-Net/VAE strides); returns the sizes to crop back."""
+    sizes = list(x.shape[2:])
+    pads: list[int] = []
+    for s in reversed(sizes):  # F.pad wants the last axis first
+        pads += [0, (-s) % multiple]
+    if any(pads):
+        x = F.pad(x, pads, mode="replicate")
+    return x, sizes
+
+
+def _crop(y: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    return y[(slice(None), slice(None), *[slice(0, s) for s in sizes])]
+
+
+class REDCNN(nn.Module):
+    """Residual encoder-decoder CNN (Chen et al., "Low-dose CT with a residual encoder-decoder
+    convolutional neural network", IEEE TMI 2017).
+
+    Five unpadded convolutions (each shrinks by ``kernel_size − 1``) and five transposed
+    convolutions that grow back, ReLU between them, with the paper's three shortcuts: conv2's
+    output is added after the 3rd transposed conv, conv4's after the 1st, and the input (here its
+    centre channel) after the last. The paper's final ReLU is dropped: network units may be
+    negative (HU below ``hu_min``), and the identity at initialisation needs a linear output.
+
+    Args:
+        spatial_dims: 2 (slices) or 3 (volumes).
+        in_channels: 1, or 2k+1 for 2.5-D context.
+        features: channels of every hidden layer (paper: 96).
+        kernel_size: convolution size (paper: 5); inputs need every size ≥ ``5·(kernel_size−1)+1``.
+    """
+
+    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, features: int = 96, kernel_size: int = 5) -> None:
+        super().__init__()
+        _check_channels(in_channels)
+        conv, tconv = _conv(spatial_dims), _tconv(spatial_dims)
+        self.min_size = 5 * (kernel_size - 1) + 1
+        self.encoder = nn.ModuleList(
+            [conv(in_channels if i == 0 else features, features, kernel_size) for i in range(5)]
+        )
+        self.decoder = nn.ModuleList(
+            [tconv(features, 1 if i == 4 else features, kernel_size) for i in range(5)]
+        )
+        nn.init.zeros_(self.decoder[-1].weight)
+        nn.init.zeros_(self.decoder[-1].bias)
+
+    def forward(self, x: torch.Tensor, return_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if min(x.shape[2:]) < self.min_size:
+            raise ConfigError(f"RED-CNN needs every spatial size ≥ {self.min_size} voxels, got {tuple(x.shape[2:])}")
+        out = F.relu(self.encoder[0](x))
+        out = F.relu(self.encoder[1](out))
+        skip2 = out
+        out = F.relu(self.encoder[2](out))
+        out = F.relu(self.encoder[3](out))
+        skip4 = out
+        out = F.relu(self.encoder[4](out))
+        out = self.decoder[0](out) + skip4
+        out = self.decoder[1](F.relu(out))
+        out = self.decoder[2](F.relu(out)) + skip2
+        out = self.decoder[3](F.relu(out))
+        out = self.decoder[4](F.relu(out)) + _centre(x)
+        return (out, out.new_zeros(())) if return_kl else out
+
+
+class UNetDenoiser(nn.Module):
+    """A residual U-Net denoiser: MONAI's `BasicUNet` predicts ``f(x)``, output ``x_centre + f(x)``.
+
+    Inputs of any size: the spatial axes are replicate-padded to a multiple of 16 (four 2×
+    poolings) and cropped back, so whole slices of any matrix size go through.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: 1, or 2k+1 for 2.5-D context.
+        features: BasicUNet's six widths (encoder ×5, last decoder).
+        norm: ``"instance"``, ``"batch"`` or ``"none"``.
+        dropout: dropout probability.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        features: tuple[int, ...] = (32, 32, 64, 128, 256, 32),
+        norm: str = "instance",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        _check_channels(in_channels)
+        norm_arg: Any = ("instance", {"affine": True}) if norm == "instance" else (None if norm == "none" else norm)
+        self.unet = BasicUNet(
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1, features=tuple(features),
+            norm=norm_arg, dropout=dropout,
+        )
+        nn.init.zeros_(self.unet.final_conv.weight)
+        nn.init.zeros_(self.unet.final_conv.bias)
+
+    def forward(self, x: torch.Tensor, return_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        padded, sizes = _pad_to_multiple(x, 16)
+        out = _crop(self.unet(padded), sizes) + _centre(x)
+        return (out, out.new_zeros(())) if return_kl else out
+
+
+class VAEDenoiser(nn.Module):
+    """A convolutional variational autoencoder denoiser with a spatial latent and a residual output.
+
+    Encoder: a convolution then ``levels`` stride-2 convolutions (width doubling), ending in two
+    1×1 heads for the latent mean ``μ`` and log-variance ``log σ²`` (``latent_channels`` maps at
+    1/2^levels resolution, so any image size works). Training samples ``z = μ + σ·ε``,
+    ``ε ~ N(0, I)`` (reparameterisation); evaluation uses ``z = μ`` (deterministic outputs). The
+    decoder mirrors the encoder with transposed convolutions and predicts ``f``; output
+    ``x_centre + f``. No skip connections: all information passes the stochastic bottleneck,
+    which regularises but costs detail (it is expected to score below RED-CNN / U-Net).
+
+    ``model(x, return_kl=True)`` also returns ``KL(q(z|x) ‖ N(0, I))`` averaged over latent
+    elements and the batch: ``½·mean(μ² + σ² − 1 − log σ²)`` (≥ 0, nats per latent element).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: 1, or 2k+1.
+        features: width of the first level (doubles per level).
+        levels: number of stride-2 down/up steps.
+        latent_channels: latent maps.
+    """
+
+    def __init__(
+        self, spatial_dims: int = 2, in_channels: int = 1, features: int = 32, levels: int = 3, latent_channels: int = 8
+    ) -> None:
+        super().__init__()
+        _check_channels(in_channels)
+        conv, tconv = _conv(spatial_dims), _tconv(spatial_dims)
+        self.multiple = 2**levels
+        widths = [features * 2**i for i in range(levels + 1)]
+        enc: list[nn.Module] = [conv(in_channels, widths[0], 3, padding=1), nn.LeakyReLU(0.1)]
+        for i in range(levels):
+            enc += [conv(widths[i], widths[i + 1], 4, stride=2, padding=1), nn.LeakyReLU(0.1)]
+        self.encoder = nn.Sequential(*enc)
+        self.to_mu = conv(widths[-1], latent_channels, 1)
+        self.to_logvar = conv(widths[-1], latent_channels, 1)
+        dec: list[nn.Module] = [conv(latent_channels, widths[-1], 3, padding=1), nn.LeakyReLU(0.1)]
+        for i in reversed(range(levels)):
+            dec += [tconv(widths[i + 1], widths[i], 4, stride=2, padding=1), nn.LeakyReLU(0.1)]
+        self.decoder = nn.Sequential(*dec)
+        self.head = conv(widths[0], 1, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor, return_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        padded, sizes = _pad_to_multiple(x, self.multiple)
+        h = self.encoder(padded)
+        mu = self.to_mu(h)
+        # bounded log-variance: exp() of an unbounded head overflows early in training
+        logvar = self.to_logvar(h).clamp(-10.0, 10.0)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        out = _crop(self.head(self.decoder(z)), sizes) + _centre(x)
+        if not return_kl:
+            return out
+        kl = 0.5 * torch.mean(mu.pow(2) + logvar.exp() - 1.0 - logvar)
+        return out, kl
+
+
+# ------------------------------------------------------------------------------- configs
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class REDCNNConfig(_Strict):
+    """RED-CNN (`REDCNN`): Chen et al. 2017's residual encoder-decoder."""
+
+    name: Literal["redcnn"] = "redcnn"
+    spatial_dims: Literal[2, 3] = Field(2, description="2: axial slices (2.5-D with in_channels = 2k+1); 3: volumes.")
+    in_channels: int = Field(1, ge=1, description="1, or 2k+1 for k context slices each side.")
+    out_channels: Literal[1] = Field(1, description="Always 1: the clean image.")
+    features: int = Field(96, ge=1, description="Hidden channels (paper: 96; fewer train faster on CPU, above all in 3-D).")
+    kernel_size: int = Field(5, ge=2, description="Convolution size (paper: 5).")
+
+
+class UNetDenoiserConfig(_Strict):
+    """Residual U-Net denoiser (`UNetDenoiser`, MONAI BasicUNet)."""
+
+    name: Literal["unet_denoiser"] = "unet_denoiser"
+    spatial_dims: Literal[2, 3] = Field(2, description="2: axial slices; 3: volumes.")
+    in_channels: int = Field(1, ge=1, description="1, or 2k+1 for k context slices each side.")
+    out_channels: Literal[1] = Field(1, description="Always 1: the clean image.")
+    features: list[int] = Field(default_factory=lambda: [32, 32, 64, 128, 256, 32], min_length=6, max_length=6,
+                                description="BasicUNet widths: 5 encoder levels and the last decoder level.")
+    norm: Literal["instance", "batch", "none"] = Field("instance", description="Normalisation layers.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
+
+
+class VAEDenoiserConfig(_Strict):
+    """Convolutional VAE denoiser (`VAEDenoiser`); the task adds β·KL to its loss."""
+
+    name: Literal["vae_denoiser"] = "vae_denoiser"
+    spatial_dims: Literal[2, 3] = Field(2, description="2: axial slices; 3: volumes.")
+    in_channels: int = Field(1, ge=1, description="1, or 2k+1 for k context slices each side.")
+    out_channels: Literal[1] = Field(1, description="Always 1: the clean image.")
+    features: int = Field(32, ge=1, description="Width of the first level (doubles per level).")
+    levels: int = Field(3, ge=1, le=6, description="Stride-2 down/up steps (latent at 1/2^levels resolution).")
+    latent_channels: int = Field(8, ge=1, description="Latent maps (μ and log σ² each).")
+
+
+_CONFIGS: dict[str, tuple[type[_Strict], type[nn.Module]]] = {
+    "redcnn": (REDCNNConfig, REDCNN),
+    "unet_denoiser": (UNetDenoiserConfig, UNetDenoiser),
+    "vae_denoiser": (VAEDenoiserConfig, VAEDenoiser),
+}
+
+#: The ``model.name`` values `build_denoiser` (and `medseg.models.build_model`) accept.
+DENOISER_NAMES = tuple(_CONFIGS)
+
+
+def build_denoiser(model_cfg: dict[str, Any]) -> nn.Module:
+    """Build the denoiser named by ``model_cfg["name"]`` with fresh weights.
+
+    Args:
+        model_cfg: a config dict, e.g. ``{"name": "redcnn", "spatial_dims": 2, "in_channels": 5}``.
+
+    Returns:
+        The network (maps ``(B, C_in, ...)`` to ``(B, 1, ...)``).
+
+    Raises:
+        ConfigError: unknown name, unknown key or invalid value (the message lists valid keys).
+    """
+    name = model_cfg.get("name")
+    if name not in _CONFIGS:
+        raise ConfigError(f"model.name {name!r} is not a denoiser; expected one of {', '.join(DENOISER_NAMES)}")
+    cfg_cls, net_cls = _CONFIGS[name]
+    try:
+        cfg = cfg_cls.model_validate(dict(model_cfg))
+    except ValidationError as exc:
+        problems = "; ".join(f"model.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid {name} config ({problems}); valid keys: {', '.join(cfg_cls.model_fields)}") from None
+    kwargs = cfg.model_dump(exclude={"name", "out_channels"})
+    if "features" in kwargs and isinstance(kwargs["features"], list):
+        kwargs["features"] = tuple(kwargs["features"])
+    return net_cls(**kwargs)

@@ -1,0 +1,93 @@
+"""Denoisers: shapes (2-D, 3-D, 2.5-D), identity at initialisation, the VAE's KL, build_model."""
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.errors import ConfigError
+from medseg.models import build_model
+from medseg.models.denoise import REDCNN, UNetDenoiser, VAEDenoiser, build_denoiser
+
+SMALL = {
+    "redcnn": {"features": 8},
+    "unet_denoiser": {"features": [4, 4, 8, 8, 16, 4]},
+    "vae_denoiser": {"features": 4, "levels": 2, "latent_channels": 2},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize(("spatial_dims", "in_channels", "shape"), [(2, 1, (37, 45)), (2, 5, (40, 33)), (3, 1, (22, 24, 21))])
+def test_shapes_and_identity_at_initialisation(name, spatial_dims, in_channels, shape):
+    torch.manual_seed(0)
+    net = build_model({"name": name, "spatial_dims": spatial_dims, "in_channels": in_channels, **SMALL[name]}).eval()
+    x = torch.rand(2, in_channels, *shape)
+    with torch.no_grad():
+        y, kl = net(x, return_kl=True)
+    assert y.shape == (2, 1, *shape)
+    # zero-initialised last layer: the untrained network returns its input's centre channel
+    torch.testing.assert_close(y, x[:, in_channels // 2 : in_channels // 2 + 1], rtol=0, atol=1e-6)
+    assert kl.ndim == 0 and float(kl) >= 0
+
+
+def test_training_moves_away_from_identity_and_gradients_reach_the_last_layer():
+    torch.manual_seed(0)
+    net = REDCNN(2, 1, features=8)
+    x = torch.rand(1, 1, 32, 32)
+    loss = (net(x) - 0.5).pow(2).mean()
+    loss.backward()
+    assert net.decoder[-1].weight.grad.abs().sum() > 0
+
+
+def test_vae_kl_is_nonnegative_and_sampling_only_in_training():
+    torch.manual_seed(0)
+    net = VAEDenoiser(2, 3, features=4, levels=2, latent_channels=2)
+    for p in net.head.parameters():  # a non-zero head so the sample shows in the output
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.rand(2, 3, 30, 30)
+    net.train()
+    a, kl = net(x, return_kl=True)
+    b, _ = net(x, return_kl=True)
+    assert float(kl) >= 0 and torch.isfinite(kl)
+    assert not torch.equal(a, b)  # z = μ + σ·ε
+    net.eval()
+    with torch.no_grad():
+        c, d = net(x), net(x)
+    assert torch.equal(c, d)  # z = μ
+    kl.backward()
+    assert net.to_logvar.weight.grad is not None
+
+
+def test_vae_kl_matches_closed_form():
+    net = VAEDenoiser(2, 1, features=4, levels=1, latent_channels=1)
+    torch.nn.init.zeros_(net.to_mu.weight); torch.nn.init.constant_(net.to_mu.bias, 1.0)
+    torch.nn.init.zeros_(net.to_logvar.weight); torch.nn.init.constant_(net.to_logvar.bias, np.log(4.0))
+    _, kl = net(torch.rand(1, 1, 8, 8), return_kl=True)
+    # KL(N(1, 4) ‖ N(0, 1)) = ½(μ² + σ² − 1 − log σ²)
+    assert float(kl) == pytest.approx(0.5 * (1 + 4 - 1 - np.log(4.0)), rel=1e-5)
+
+
+def test_parameter_counts_match_the_architectures():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # RED-CNN, paper settings (96 features, 5×5): 1 + 8 hidden + 1 layers ≈ 1.85 M parameters
+    assert count(REDCNN(2, 1)) == (25 * 96 + 96) + 8 * (96 * 96 * 25 + 96) + (96 * 25 + 1)
+    assert count(REDCNN(3, 1, features=32, kernel_size=3)) == (27 * 32 + 32) + 8 * (32 * 32 * 27 + 32) + (32 * 27 + 1)
+    assert 1e6 < count(UNetDenoiser(2, 1)) < 3e6  # BasicUNet default widths, 2-D
+    assert count(VAEDenoiser(2, 1)) < count(UNetDenoiser(2, 1))
+
+
+def test_bad_configs_say_what_is_wrong():
+    with pytest.raises(ConfigError, match="in_channels must be odd"):
+        build_denoiser({"name": "redcnn", "in_channels": 4})
+    with pytest.raises(ConfigError, match=r"model\.kernel: Extra inputs.*valid keys: name, spatial_dims"):
+        build_denoiser({"name": "redcnn", "kernel": 3})
+    with pytest.raises(ConfigError, match="not a denoiser"):
+        build_denoiser({"name": "resunet3d"})
+    with pytest.raises(ConfigError, match="≥ 21 voxels"):
+        REDCNN(2, 1, features=4)(torch.zeros(1, 1, 20, 40))
+
+
+def test_build_model_still_builds_the_segmentation_network():
+    from medseg.models import ResUNet3D
+
+    net = build_model({"name": "resunet3d", "out_channels": 3, "encoder": "resnet10", "encoder_channels": [8, 8, 8, 8]})
+    assert isinstance(net, ResUNet3D)
