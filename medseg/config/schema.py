@@ -435,53 +435,61 @@ class ImagePreprocessingConfig(_Strict):
 
 
 class NoiseConfig(_Strict):
-    """The noise added on the fly to clean training patches (blind: a random level per patch).
+    """The noise added on the fly to clean training patches (`medseg.data.noise`), a random level per patch.
 
-    Levels are standard deviations in the image's own units: HU for CT, a fraction of the
-    volume's ``upper_percentile`` intensity for MR.
+    Training is blind over the level range by default: a user's scans have unknown noise.
     """
 
-    kind: Literal["gaussian", "rician"] = Field(
-        "gaussian", description="gaussian: additive; rician: MR magnitude noise |x + n1 + i·n2| (biased upwards in dark regions)."
+    model: Literal["gaussian", "rician", "ct_dose"] = Field(
+        "gaussian",
+        description="gaussian: additive white noise (sigma_range); rician: MR magnitude noise (fraction_range); ct_dose: "
+        "Poisson-Gaussian lower-dose CT noise on attenuation (dose_range, photons_per_ray; CT only).",
     )
     sigma_range: tuple[float, float] = Field(
-        (10.0, 60.0), description="Noise standard deviation drawn uniformly in this range per patch (CT: HU; MR: × P_upper)."
+        (10.0, 60.0), description="gaussian: noise standard deviation range, in HU for CT, × P_upper for MR."
     )
-    val_sigmas: list[float] | None = Field(
-        None, description="Noise levels of validation (each validation case at each; null = the ends and middle of sigma_range)."
+    fraction_range: tuple[float, float] = Field(
+        (0.01, 0.10), description="rician: sigma as a fraction of the clean image's 99.5th percentile (non-zero voxels)."
+    )
+    dose_range: tuple[float, float] = Field(
+        (0.05, 0.5), description="ct_dose: simulated dose as a fraction of the full dose, drawn log-uniformly, within (0, 1]."
+    )
+    photons_per_ray: float = Field(1e6, gt=0, description="ct_dose: full-dose unattenuated photons per detector reading (effective count).")
+    electronic_sigma: float = Field(10.0, ge=0, description="ct_dose: electronic noise per reading, in counts.")
+    val_levels: list[float] | None = Field(
+        None,
+        description="Levels of validation, in the model's level units (sigma / fraction / dose fraction); each validation "
+        "case at each; null = the ends and middle of the training range.",
     )
 
-    @model_validator(mode="after")
-    def _order(self) -> NoiseConfig:
-        lo, hi = self.sigma_range
-        if not 0 <= lo <= hi:
-            raise ValueError(f"sigma_range {list(self.sigma_range)}: needs 0 ≤ low ≤ high")
-        return self
+    def level_range(self) -> tuple[float, float]:
+        """The training level range of the chosen model, in its units."""
+        return {"gaussian": self.sigma_range, "rician": self.fraction_range, "ct_dose": self.dose_range}[self.model]
 
-    def validation_sigmas(self) -> list[float]:
-        """The noise levels validation uses (image units)."""
-        lo, hi = self.sigma_range
-        return list(self.val_sigmas) if self.val_sigmas else sorted({lo, (lo + hi) / 2, hi})
+    def validation_levels(self) -> list[float]:
+        """The noise levels validation uses (the model's units)."""
+        lo, hi = self.level_range()
+        return list(self.val_levels) if self.val_levels else sorted({lo, (lo + hi) / 2, hi})
 
 
 class DenoisingModelConfig(_Strict):
-    """The denoising network; dumped into checkpoints for `medseg.models.build_model`."""
+    """The denoising network (`medseg.models.denoise`); dumped into checkpoints for `medseg.models.build_model`."""
 
-    name: Literal["basicunet"] = Field(
-        "basicunet", description="basicunet: MONAI BasicUNet with a residual shortcut (predicts the noise, returns the clean image)."
+    name: Literal["unet_denoiser", "redcnn", "vae_denoiser"] = Field(
+        "unet_denoiser",
+        description="unet_denoiser: residual MONAI BasicUNet; redcnn: RED-CNN residual encoder-decoder; vae_denoiser: "
+        "convolutional VAE (adds loss.kl_weight · KL).",
     )
     spatial_dims: Literal[2, 3] = Field(2, description="2: axial slices (2.5-D with context_slices); 3: patches of the volume.")
     context_slices: int = Field(0, ge=0, le=4, description="2-D only: neighbour slices each side given as extra input channels (2k+1 in).")
-    features: list[int] = Field(
-        default_factory=lambda: [16, 16, 32, 64, 128, 16], description="BasicUNet widths (6 values: 5 encoder levels + the last decoder)."
+    features: int | list[int] | None = Field(
+        None, description="Widths: unet_denoiser 6 values (5 encoder levels + last decoder); redcnn/vae_denoiser one number; null = the network's default."
     )
-
-    @field_validator("features")
-    @classmethod
-    def _six(cls, v: list[int]) -> list[int]:
-        if len(v) != 6 or any(f < 1 for f in v):
-            raise ValueError(f"features needs 6 positive widths, got {v}")
-        return v
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further keyword arguments of the network (medseg.models.denoise: e.g. unet_denoiser {norm: none, dropout: 0.1}, "
+        "redcnn {kernel_size: 3}, vae_denoiser {levels: 3, latent_channels: 8}); unknown ones are named when the network is built.",
+    )
 
     @model_validator(mode="after")
     def _context(self) -> DenoisingModelConfig:
@@ -490,14 +498,20 @@ class DenoisingModelConfig(_Strict):
         return self
 
     def build_dict(self) -> dict[str, Any]:
-        """The ``model`` dict of the checkpoint (in/out channels included)."""
-        return self.model_dump(mode="json") | {"in_channels": 2 * self.context_slices + 1, "out_channels": 1}
+        """The checkpoint's ``model`` dict (what `medseg.models.build_model` takes)."""
+        out: dict[str, Any] = {"name": self.name, "spatial_dims": self.spatial_dims, "in_channels": 2 * self.context_slices + 1, "out_channels": 1}
+        if self.features is not None:
+            out["features"] = self.features
+        return {**self.options, **out}
 
 
 class DenoisingLossConfig(_Strict):
-    """Pixel loss between the network's output and the clean target (network units)."""
+    """Pixel loss between the network's output and the clean target (`medseg.losses.image`, network units)."""
 
-    kind: Literal["mse", "l1"] = Field("mse", description="mse or l1.")
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"mse": 1.0}, description="{term: weight} of mse, l1, ssim (1 − SSIM), e.g. {mse: 1.0, ssim: 0.1}."
+    )
+    kl_weight: float = Field(1e-3, ge=0, description="vae_denoiser only: weight of the KL term.")
 
 
 class DenoisingTrainingConfig(TrainingConfig):
@@ -572,6 +586,8 @@ class DenoisingWorkflow(_WorkflowBase):
 
     @model_validator(mode="after")
     def _patch_dims(self) -> DenoisingWorkflow:
+        if self.noise.model == "ct_dose" and self.preprocessing.modality != "CT":
+            raise ValueError("noise.model ct_dose simulates CT dose: it needs preprocessing.modality CT")
         if len(self.training.patch_size) != self.model.spatial_dims:
             raise ValueError(
                 f"training.patch_size {self.training.patch_size} has {len(self.training.patch_size)} sizes but "

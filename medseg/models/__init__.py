@@ -32,11 +32,6 @@ def build_model(model_cfg: dict[str, Any]) -> nn.Module:
     from medseg.config.schema import ModelConfig
     from medseg.errors import ConfigError
 
-    if model_cfg.get("name") == "basicunet":  # the denoising task's image-to-image U-Net
-        from medseg.models.basicunet import ResidualBasicUNet
-
-        return ResidualBasicUNet(int(model_cfg.get("spatial_dims", 2)), int(model_cfg.get("in_channels", 1)), model_cfg.get("features", (16, 16, 32, 64, 128, 16)))
-
     try:
         cfg = ModelConfig.model_validate(dict(model_cfg))
     except ValidationError as exc:

@@ -147,11 +147,14 @@ def test_wrong_task_name_suggests_the_closest(tmp_path):
 
 def test_misspelled_key_in_the_denoising_variant_suggests(tmp_path):
     with pytest.raises(ConfigError) as exc:
-        load_workflow(_write(tmp_path, {**DENOISING, "noise": {"knd": "rician"}}))
+        load_workflow(_write(tmp_path, {**DENOISING, "noise": {"modle": "rician"}}))
     msg = str(exc.value)
-    assert "noise.knd: unknown key (did you mean 'kind'?)" in msg and "sigma_range" in msg
-    cfg = load_workflow(_write(tmp_path, DENOISING), ["noise.kind=rician", "model.context_slices=2", "training.precision=bf16"])
-    assert cfg.noise.kind == "rician" and cfg.model.build_dict()["in_channels"] == 5 and cfg.training.precision == "bf16"
+    assert "noise.modle: unknown key (did you mean 'model'?)" in msg and "dose_range" in msg
+    cfg = load_workflow(_write(tmp_path, DENOISING), ["noise.model=rician", "model.context_slices=2", "training.precision=bf16"])
+    assert cfg.noise.model == "rician" and cfg.model.build_dict()["in_channels"] == 5 and cfg.training.precision == "bf16"
+    assert cfg.noise.validation_levels() == [0.01, 0.055, 0.1]
+    with pytest.raises(ConfigError, match="ct_dose simulates CT dose: it needs preprocessing.modality CT"):
+        load_workflow(DENOISING, ["noise.model=ct_dose", "preprocessing.modality=MR"])
     with pytest.raises(ConfigError, match="patch_size .* has 3 sizes but model.spatial_dims is 2"):
         load_workflow(DENOISING, ["training.patch_size=[32,32,16]"])
 
@@ -160,7 +163,7 @@ def test_help_config_lists_every_variant():
     text = describe_config()
     assert "== task: segmentation (the default)" in text and "== task: denoising" in text
     den = describe_config("denoising")
-    assert "noise.kind (default 'gaussian')" in den and "data.labels" not in den and "training.precision (default 'auto')" in den
+    assert "noise.model (default 'gaussian')" in den and "data.labels" not in den and "training.precision (default 'auto')" in den
     assert "training.pos_fraction" in describe_config("segmentation")
     with pytest.raises(ConfigError, match="did you mean 'segmentation'"):
         describe_config("segmentaton")
