@@ -80,7 +80,8 @@ def test_denoising_checkpoint_follows_the_image_to_image_format(denoise_run):
     with torch.no_grad():
         out = from_network_units(net(x), params)
     assert out.shape == (1, 1, *vol.shape[:2])
-    assert float((out[0, 0] - torch.from_numpy(vol[:, :, 11])).abs().median()) < 30  # HU
+    # back in HU: a network-unit output (0…1) would differ by ~1000 HU; a short run on 120-HU noise smooths a little
+    assert float((out[0, 0] - torch.from_numpy(vol[:, :, 11])).abs().median()) < 80
 
 
 @pytest.mark.slow
