@@ -30,3 +30,7 @@ class ConfigError(MedsegError):
 
 class CheckpointError(MedsegError):
     """A checkpoint is missing, corrupt, or from another task/architecture."""
+
+
+class TrainingError(MedsegError):
+    """Training cannot go on (e.g. a non-finite loss); the message names the step, epoch and cases."""

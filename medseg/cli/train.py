@@ -1,4 +1,4 @@
-"""`medseg train WORKFLOW.yaml`: train a segmentation workflow (`medseg.engine.train`)."""
+"""`medseg train WORKFLOW.yaml`: train a workflow of any task (`medseg.engine.train`)."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ def register(app: typer.Typer) -> None:
         ),
         nproc: int = typer.Option(1, "--nproc", min=1, help="Train with N processes (DistributedDataParallel; gloo on CPU, NCCL on GPU)."),
         help_config: bool = typer.Option(
-            False, "--help-config", callback=_help_config, is_eager=True, help="List every workflow option with its default and exit."
+            False, "--help-config", callback=_help_config, is_eager=True, help="List every workflow option of every task with its default and exit."
         ),
     ) -> None:
-        """Train a segmentation model from a YAML workflow; writes checkpoints, logs and metrics to the run folder.
+        """Train a model (segmentation or denoising, by the workflow's task:) from a YAML workflow; writes checkpoints, logs and metrics to the run folder.
 
         Also runs under torchrun: `torchrun --nproc_per_node=N -m medseg train WORKFLOW.yaml`.
         """

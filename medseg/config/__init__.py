@@ -1,4 +1,4 @@
-"""Typed, validated workflow configuration (YAML → `WorkflowConfig`).
+"""Typed, validated workflow configuration (YAML → a `WorkflowConfig` variant chosen by ``task``).
 
 ``load_workflow(path, overrides)`` is the entry point; `medseg.config.schema` holds the models,
 each field documented.
@@ -6,28 +6,52 @@ each field documented.
 
 from medseg.config.loading import apply_overrides, describe_config, dump_config, load_workflow, parse_override, resolve_path, validate_config
 from medseg.config.schema import (
+    WORKFLOW_VARIANTS,
     AugmentationConfig,
     CaseConfig,
     DataConfig,
+    DenoisingLossConfig,
+    DenoisingModelConfig,
+    DenoisingTrainingConfig,
+    DenoisingWorkflow,
+    ImagePreprocessingConfig,
     LossConfig,
     ModelConfig,
+    NoiseConfig,
     OptimConfig,
     OutputConfig,
     PreprocessingConfig,
+    SegmentationOptimConfig,
+    SegmentationTrainingConfig,
+    SegmentationWorkflow,
     TrainingConfig,
+    UnlabelledDataConfig,
+    WorkflowBase,
     WorkflowConfig,
 )
 
 __all__ = [
+    "WORKFLOW_VARIANTS",
     "AugmentationConfig",
     "CaseConfig",
     "DataConfig",
+    "DenoisingLossConfig",
+    "DenoisingModelConfig",
+    "DenoisingTrainingConfig",
+    "DenoisingWorkflow",
+    "ImagePreprocessingConfig",
     "LossConfig",
     "ModelConfig",
+    "NoiseConfig",
     "OptimConfig",
     "OutputConfig",
     "PreprocessingConfig",
+    "SegmentationOptimConfig",
+    "SegmentationTrainingConfig",
+    "SegmentationWorkflow",
     "TrainingConfig",
+    "UnlabelledDataConfig",
+    "WorkflowBase",
     "WorkflowConfig",
     "apply_overrides",
     "describe_config",

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from medseg.config.schema import CaseConfig, WorkflowConfig
+from medseg.config.schema import WORKFLOW_VARIANTS, CaseConfig, WorkflowBase, WorkflowConfig
 from medseg.errors import ConfigError
 
 SAMPLE_PREFIX = "sample:"
+DEFAULT_TASK = "segmentation"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -67,9 +68,9 @@ def _submodel(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that holds the field at `loc` (its last element)."""
-    model: type[BaseModel] | None = WorkflowConfig
+def _model_at(loc: tuple[Any, ...], root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at `loc` (its last element), from `root`."""
+    model: type[BaseModel] | None = root
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -78,13 +79,22 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def _format_errors(exc: ValidationError, source: str, task: Any) -> str:
     lines = [f"{source}: invalid workflow configuration"]
+    root = WORKFLOW_VARIANTS.get(task) if isinstance(task, str) else None
     for err in exc.errors():
         loc = tuple(err["loc"])
+        if root is not None and loc[:1] == (task,):  # a discriminated union puts the variant's tag first
+            loc = loc[1:]
         where = ".".join(str(p) for p in loc) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            model = _model_at(loc)
+        if err["type"] == "union_tag_invalid":
+            hint = difflib.get_close_matches(str(task), list(WORKFLOW_VARIANTS), n=1, cutoff=0.5)
+            lines.append(
+                f"  - task: unknown task {str(task)!r}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                + f"; tasks: {', '.join(WORKFLOW_VARIANTS)}"
+            )
+        elif err["type"] == "extra_forbidden" and root is not None:
+            model = _model_at(loc, root)
             valid = sorted(model.model_fields) if model else []
             hint = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
             msg = f"  - {where}: unknown key"
@@ -102,14 +112,27 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+#: validates a raw dict into the variant its ``task`` names (built once: it compiles the schema)
+_WORKFLOW_ADAPTER: TypeAdapter[Any] = TypeAdapter(WorkflowConfig)
+
+
 def validate_config(raw: dict[str, Any], source: str = "workflow") -> WorkflowConfig:
-    """Validate a raw nested dict into a `WorkflowConfig` (ConfigError on any problem)."""
+    """Validate a raw nested dict into the `WorkflowConfig` variant its ``task`` names.
+
+    A workflow without ``task`` is a segmentation workflow (every workflow before the task
+    union was one).
+
+    Raises:
+        ConfigError: not a mapping, unknown task (with the closest task name), unknown key (with
+            the valid keys of that task's section and the closest one), wrong type or value.
+    """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a workflow must be a YAML mapping, found {type(raw).__name__}")
+    raw = {"task": DEFAULT_TASK, **raw} if raw.get("task") is None else raw
     try:
-        return WorkflowConfig.model_validate(raw)
+        return _WORKFLOW_ADAPTER.validate_python(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(_format_errors(exc, source, raw.get("task"))) from None
 
 
 def resolve_path(value: str, base_dir: Path) -> str:
@@ -141,7 +164,7 @@ def _resolve_paths(cfg: WorkflowConfig, base_dir: Path) -> WorkflowConfig:
                 label=resolve_path(case.label, base_dir) if case.label else None,
                 name=case.name,
             )
-    if cfg.model.pretrained:
+    if getattr(cfg.model, "pretrained", None):
         cfg.model.pretrained = resolve_path(cfg.model.pretrained, base_dir)
     return cfg
 
@@ -160,7 +183,7 @@ def load_workflow(
         ConfigError: missing/unparsable file, unknown key (with the valid keys and a
             suggestion), wrong type or value.
     """
-    if isinstance(source, WorkflowConfig):
+    if isinstance(source, WorkflowBase):
         raw: Any = source.model_dump(mode="json")
         name, base_dir = "workflow", Path.cwd()
     elif isinstance(source, dict):
@@ -190,10 +213,22 @@ def dump_config(cfg: WorkflowConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def describe_config() -> str:
-    """Every workflow option with its type, default and description (``medseg train --help-config``)."""
+def describe_config(task: str | None = None) -> str:
+    """Every workflow option with its default and description (``medseg train --help-config``).
+
+    Args:
+        task: one task's options only (``"segmentation"``, ``"denoising"``); None: every task's,
+            each under a ``task: NAME`` heading.
+
+    Raises:
+        ConfigError: an unknown task.
+    """
     from pydantic_core import PydanticUndefined
 
+    if task is not None and task not in WORKFLOW_VARIANTS:
+        hint = difflib.get_close_matches(task, list(WORKFLOW_VARIANTS), n=1, cutoff=0.5)
+        raise ConfigError(f"unknown task {task!r}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                          + f"; tasks: {', '.join(WORKFLOW_VARIANTS)}")
     lines: list[str] = []
 
     def walk(model: type[BaseModel], prefix: str, depth: int) -> None:
@@ -209,5 +244,9 @@ def describe_config() -> str:
             )
             lines.append(f"{'  ' * depth}{key} ({default}):  {field.description}")
 
-    walk(WorkflowConfig, "", 0)
-    return "\n".join(lines)
+    for name, variant in WORKFLOW_VARIANTS.items():
+        if task is None or task == name:
+            lines.append(f"== task: {name}{' (the default)' if name == DEFAULT_TASK else ''}: {variant.__doc__.splitlines()[0]}")
+            walk(variant, "", 0)
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

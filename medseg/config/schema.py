@@ -1,13 +1,20 @@
 """Typed workflow configuration: the single source of truth for every training option.
 
-A workflow YAML maps one-to-one onto `WorkflowConfig`. Every model forbids unknown keys, so a
-misspelled option is an error (see `medseg.config.loading`), and every field carries its
-documentation (``Field(description=...)``), which `medseg train --help-config` prints.
+A workflow YAML maps one-to-one onto one variant of `WorkflowConfig`, a discriminated union
+selected by the workflow's ``task:`` key (``segmentation``, the default, or ``denoising``; the
+GAN of low-dose CT enhancement is the slot for a third). The variants share `TrainingConfig`,
+`OptimConfig` and `OutputConfig`; what only one task uses lives in that task's sections
+(segmentation: ``data.labels``, patch sampling by label, Dice/focal loss, ResUNet3D;
+denoising: noise model, invertible intensity plan, image-to-image network).
+
+Every model forbids unknown keys, so a misspelled option is an error (see
+`medseg.config.loading`), and every field carries its documentation
+(``Field(description=...)``), which `medseg train --help-config` prints.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -32,8 +39,8 @@ class CaseConfig(_Strict):
     name: str | None = Field(None, description="Case name used in logs (default: the image file name).")
 
 
-class DataConfig(_Strict):
-    """Where the cases are and how label values map to classes."""
+class _CaseSources(_Strict):
+    """Where the cases are (shared by every task)."""
 
     datalist: str | None = Field(
         None,
@@ -50,6 +57,26 @@ class DataConfig(_Strict):
         description="When no validation cases are given: fraction of the training cases held out "
         "(at least one, if there are two or more cases).",
     )
+    cache_rate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of preprocessed cases kept in memory (MONAI CacheDataset).")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes for augmentation (0 = in the training process).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _CaseSources:
+        sources = [bool(self.datalist), bool(self.nnunet_dir), bool(self.training)]
+        if sum(sources) == 0 and not getattr(self, "review_file", None):  # review_file: segmentation only
+            raise ValueError("give the training cases: one of 'datalist', 'nnunet_dir', 'training' or 'review_file'")
+        if sum(sources) > 1:
+            raise ValueError("give only one of 'datalist', 'nnunet_dir' or 'training'")
+        return self
+
+
+class UnlabelledDataConfig(_CaseSources):
+    """Image-only cases (denoising): labels, if a case has one, are not read."""
+
+
+class DataConfig(_CaseSources):
+    """Segmentation cases and how label values map to classes."""
+
     labels: dict[str, int | list[int]] = Field(
         description="Output classes in order (1, 2, ...) → the label value(s) in the label files, e.g. "
         "{liver: 5, spleen: 1, kidneys: [2, 3]}. Background is 0.",
@@ -59,8 +86,6 @@ class DataConfig(_Strict):
         description="Label values found in a label file but not listed in 'labels': 'error' stops with the "
         "list of values; 'background' maps them to 0 (e.g. to train 4 of TotalSegmentator's 117 classes).",
     )
-    cache_rate: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of preprocessed cases kept in memory (MONAI CacheDataset).")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes for augmentation (0 = in the training process).")
     review_file: str | None = Field(
         None,
         description="Review file of the napari review queue (review.json): its accepted cases, with their corrected "
@@ -81,15 +106,6 @@ class DataConfig(_Strict):
                     raise ValueError(f"label value {value} is given to both {seen[value]!r} and {name!r}")
                 seen[value] = name
         return v
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DataConfig:
-        sources = [bool(self.datalist), bool(self.nnunet_dir), bool(self.training)]
-        if sum(sources) == 0 and not self.review_file:
-            raise ValueError("give the training cases: one of 'datalist', 'nnunet_dir', 'training' or 'review_file'")
-        if sum(sources) > 1:
-            raise ValueError("give only one of 'datalist', 'nnunet_dir' or 'training'")
-        return self
 
     def class_names(self) -> dict[int, str]:
         """Output class index → name (1..N)."""
@@ -287,34 +303,42 @@ class LossConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    """AdamW with discriminative learning rates, warm-up + cosine schedule, clipping."""
+    """AdamW, warm-up + cosine schedule, gradient clipping (every task)."""
 
-    lr: float = Field(1e-3, gt=0, description="Learning rate of the new layers (context module, decoder, heads).")
-    encoder_lr: float | None = Field(None, gt=0, description="Learning rate of the encoder (null = lr; e.g. 1e-4 when fine-tuning).")
+    lr: float = Field(1e-3, gt=0, description="Learning rate (segmentation: of the new layers: context module, decoder, heads).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     warmup_epochs: int = Field(1, ge=0, description="Linear warm-up from 1% of the LR over this many epochs.")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="Cosine decay ends at lr × this.")
-    freeze_encoder_epochs: int = Field(0, ge=0, description="Keep the encoder frozen (no gradient, BN statistics fixed) for this many epochs.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this (null = off).")
 
 
+class SegmentationOptimConfig(OptimConfig):
+    """AdamW with discriminative learning rates (encoder vs new layers), encoder freezing."""
+
+    encoder_lr: float | None = Field(None, gt=0, description="Learning rate of the encoder (null = lr; e.g. 1e-4 when fine-tuning).")
+    freeze_encoder_epochs: int = Field(0, ge=0, description="Keep the encoder frozen (no gradient, BN statistics fixed) for this many epochs.")
+
+
+#: arithmetic of training: autocast dtype (fp16 with a gradient scaler, bf16 without one)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
 class TrainingConfig(_Strict):
-    """Patches, epochs, validation and run-time options."""
+    """Epochs, steps, validation and run-time options (every task)."""
 
     epochs: int = Field(100, ge=1, description="Epochs (the schedule spans them all).")
     steps_per_epoch: int | None = Field(
         None, ge=1, description="Optimizer steps per epoch (cases are repeated as needed); null = one pass over the training cases."
     )
     batch_size: int = Field(2, ge=1, description="Cases per batch (each contributes patches_per_case patches).")
-    patch_size: list[int] = Field(default_factory=lambda: [96, 96, 64], description="Training patch / sliding-window size in voxels.")
-    patches_per_case: int = Field(2, ge=1, description="Patches sampled from a case each time it is drawn (RandCropByPosNegLabeld).")
-    pos_fraction: float = Field(0.67, ge=0, le=1, description="Fraction of patches centred on a foreground voxel.")
-    amp: bool = Field(True, description="Mixed precision (CUDA only; ignored on CPU).")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="Arithmetic of the forward passes: auto = fp16 mixed precision (with a gradient scaler) on CUDA, fp32 on a "
+        "CPU; fp16 (CUDA only); bf16 (autocast, no scaler; CPU or CUDA); fp32.",
+    )
     val_every: int = Field(1, ge=1, description="Validate every N epochs (and after the last).")
-    val_overlap: float = Field(0.25, ge=0, lt=1, description="Sliding-window overlap at validation and inference.")
-    sw_batch_size: int = Field(2, ge=1, description="Windows per forward pass in sliding-window inference.")
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop after this many validations without a better mean Dice (null = off)."
+        None, ge=1, description="Stop after this many validations without a better validation score (null = off)."
     )
     stop_after_epoch: int | None = Field(
         None, ge=1,
@@ -322,6 +346,28 @@ class TrainingConfig(_Strict):
         "continue with --resume.",
     )
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads for CPU training (null = torch's default).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_amp(cls, data: Any) -> Any:
+        # workflows before 'precision' said 'amp: true|false'; true meant fp16 on CUDA only = auto
+        if isinstance(data, dict) and "amp" in data:
+            data = dict(data)
+            amp = data.pop("amp")
+            if "precision" in data:
+                raise ValueError("give 'precision' only ('amp' is its old spelling: amp true = precision auto, false = fp32)")
+            data["precision"] = "auto" if amp in (True, None, "true") else "fp32"
+        return data
+
+
+class SegmentationTrainingConfig(TrainingConfig):
+    """Patch sampling by label and sliding-window validation (segmentation)."""
+
+    patch_size: list[int] = Field(default_factory=lambda: [96, 96, 64], description="Training patch / sliding-window size in voxels.")
+    patches_per_case: int = Field(2, ge=1, description="Patches sampled from a case each time it is drawn (RandCropByPosNegLabeld).")
+    pos_fraction: float = Field(0.67, ge=0, le=1, description="Fraction of patches centred on a foreground voxel.")
+    val_overlap: float = Field(0.25, ge=0, lt=1, description="Sliding-window overlap at validation and inference.")
+    sw_batch_size: int = Field(2, ge=1, description="Windows per forward pass in sliding-window inference.")
     val_largest_component: list[str] = Field(
         default_factory=list,
         description="Classes (names from data.labels) reduced to their largest connected component before the "
@@ -346,23 +392,182 @@ class OutputConfig(_Strict):
     tensorboard: bool = Field(True, description="Write TensorBoard event files under <run>/tensorboard.")
 
 
-class WorkflowConfig(_Strict):
-    """A complete training workflow (one YAML file)."""
+# ------------------------------------------------------------------------- denoising sections
+
+
+class ImagePreprocessingConfig(_Strict):
+    """The invertible preprocessing of image-to-image tasks (`medseg.data.intensity`), stored in the checkpoint.
+
+    CT: ``x = (HU − hu_min) / (hu_max − hu_min)`` with no clipping, so the output comes back in HU;
+    MR: ``x = v / P_upper(v ≠ 0)`` per volume (arbitrary units, zero stays zero).
+    """
+
+    modality: Literal["CT", "MR"] = Field(description="CT: fixed linear HU map (hu_linear); MR: per-volume percentile scale.")
+    spacing_mm: list[float] | None = Field(
+        None, description="Resample to this voxel spacing [x, y, z] in mm (RAS axes); null keeps the native grid (the usual choice)."
+    )
+    hu_range: tuple[float, float] = Field(
+        (-1024.0, 3071.0), description="CT only: HU mapped to network units 0 and 1 (linear, not clipped); its width is the PSNR data range."
+    )
+    upper_percentile: float = Field(
+        99.5, gt=0, le=100, description="MR only: the percentile of the non-zero voxels mapped to 1 (the PSNR data range)."
+    )
+
+    @field_validator("spacing_mm")
+    @classmethod
+    def _three(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 3 or any(s <= 0 for s in v)):
+            raise ValueError(f"spacing_mm needs three positive values in mm, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> ImagePreprocessingConfig:
+        if not self.hu_range[1] > self.hu_range[0]:
+            raise ValueError(f"hu_range {list(self.hu_range)}: the upper HU must be greater than the lower")
+        return self
+
+    def plan(self) -> dict[str, Any]:
+        """The preprocessing plan (CONTRACTS.md image-to-image checkpoint format)."""
+        if self.modality == "CT":
+            intensity: dict[str, Any] = {"kind": "hu_linear", "hu_min": float(self.hu_range[0]), "hu_max": float(self.hu_range[1])}
+        else:
+            intensity = {"kind": "percentile_scale", "upper": float(self.upper_percentile)}
+        return {
+            "modality": self.modality,
+            "spacing_mm": list(self.spacing_mm) if self.spacing_mm else None,
+            "orientation": "RAS",
+            "intensity": intensity,
+        }
+
+
+class NoiseConfig(_Strict):
+    """The noise added on the fly to clean training patches (`medseg.data.noise`), a random level per patch.
+
+    Training is blind over the level range by default: a user's scans have unknown noise.
+    """
+
+    model: Literal["gaussian", "rician", "ct_dose"] = Field(
+        "gaussian",
+        description="gaussian: additive white noise (sigma_range); rician: MR magnitude noise (fraction_range); ct_dose: "
+        "Poisson-Gaussian lower-dose CT noise on attenuation (dose_range, photons_per_ray; CT only).",
+    )
+    sigma_range: tuple[float, float] = Field(
+        (10.0, 60.0), description="gaussian: noise standard deviation range, in HU for CT, × P_upper for MR."
+    )
+    fraction_range: tuple[float, float] = Field(
+        (0.01, 0.10), description="rician: sigma as a fraction of the clean image's 99.5th percentile (non-zero voxels)."
+    )
+    dose_range: tuple[float, float] = Field(
+        (0.05, 0.5), description="ct_dose: simulated dose as a fraction of the full dose, drawn log-uniformly, within (0, 1]."
+    )
+    photons_per_ray: float = Field(1e6, gt=0, description="ct_dose: full-dose unattenuated photons per detector reading (effective count).")
+    electronic_sigma: float = Field(10.0, ge=0, description="ct_dose: electronic noise per reading, in counts.")
+    val_levels: list[float] | None = Field(
+        None,
+        description="Levels of validation, in the model's level units (sigma / fraction / dose fraction); each validation "
+        "case at each; null = the ends and middle of the training range.",
+    )
+
+    def level_range(self) -> tuple[float, float]:
+        """The training level range of the chosen model, in its units."""
+        return {"gaussian": self.sigma_range, "rician": self.fraction_range, "ct_dose": self.dose_range}[self.model]
+
+    def validation_levels(self) -> list[float]:
+        """The noise levels validation uses (the model's units)."""
+        lo, hi = self.level_range()
+        return list(self.val_levels) if self.val_levels else sorted({lo, (lo + hi) / 2, hi})
+
+
+class DenoisingModelConfig(_Strict):
+    """The denoising network (`medseg.models.denoise`); dumped into checkpoints for `medseg.models.build_model`."""
+
+    name: Literal["unet_denoiser", "redcnn", "vae_denoiser"] = Field(
+        "unet_denoiser",
+        description="unet_denoiser: residual MONAI BasicUNet; redcnn: RED-CNN residual encoder-decoder; vae_denoiser: "
+        "convolutional VAE (adds loss.kl_weight · KL).",
+    )
+    spatial_dims: Literal[2, 3] = Field(2, description="2: axial slices (2.5-D with context_slices); 3: patches of the volume.")
+    context_slices: int = Field(0, ge=0, le=4, description="2-D only: neighbour slices each side given as extra input channels (2k+1 in).")
+    features: int | list[int] | None = Field(
+        None, description="Widths: unet_denoiser 6 values (5 encoder levels + last decoder); redcnn/vae_denoiser one number; null = the network's default."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further keyword arguments of the network (medseg.models.denoise: e.g. unet_denoiser {norm: none, dropout: 0.1}, "
+        "redcnn {kernel_size: 3}, vae_denoiser {levels: 3, latent_channels: 8}); unknown ones are named when the network is built.",
+    )
+
+    @model_validator(mode="after")
+    def _context(self) -> DenoisingModelConfig:
+        if self.spatial_dims == 3 and self.context_slices:
+            raise ValueError("context_slices is for 2-D models (a 3-D model sees its neighbours already)")
+        return self
+
+    def build_dict(self) -> dict[str, Any]:
+        """The checkpoint's ``model`` dict (what `medseg.models.build_model` takes)."""
+        out: dict[str, Any] = {"name": self.name, "spatial_dims": self.spatial_dims, "in_channels": 2 * self.context_slices + 1, "out_channels": 1}
+        if self.features is not None:
+            out["features"] = self.features
+        return {**self.options, **out}
+
+
+class DenoisingLossConfig(_Strict):
+    """Pixel loss between the network's output and the clean target (`medseg.losses.image`, network units)."""
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"mse": 1.0}, description="{term: weight} of mse, l1, ssim (1 − SSIM), e.g. {mse: 1.0, ssim: 0.1}."
+    )
+    kl_weight: float = Field(1e-3, ge=0, description="vae_denoiser only: weight of the KL term.")
+
+
+class DenoisingTrainingConfig(TrainingConfig):
+    """Patch sampling and validation of denoising."""
+
+    patch_size: list[int] = Field(
+        default_factory=lambda: [64, 64], description="Training patch in voxels: [x, y] for 2-D models, [x, y, z] for 3-D models."
+    )
+    patches_per_case: int = Field(8, ge=1, description="Patches sampled from a case each time it is drawn.")
+    val_roi_size: list[int] | None = Field(
+        None, description="3-D models: sliding-window ROI at validation and inference (null = patch_size); 2-D: whole slices."
+    )
+    val_max_slices: int | None = Field(
+        None, ge=1, description="2-D models: validate on at most this many evenly spaced slices per case (null = all)."
+    )
+
+    @field_validator("patch_size")
+    @classmethod
+    def _size(cls, v: list[int]) -> list[int]:
+        if len(v) not in (2, 3) or any(s < 8 for s in v):
+            raise ValueError(f"patch_size needs 2 (2-D) or 3 (3-D) sizes ≥ 8 voxels, got {v}")
+        return v
+
+
+# ---------------------------------------------------------------------------------- workflows
+
+
+class _WorkflowBase(_Strict):
+    """What every workflow has, whatever its task."""
 
     name: str = Field(description="Workflow name (default run folder name).")
-    task: Literal["segmentation"] = Field("segmentation", description="What is trained.")
+    task: str = Field(description="What is trained: segmentation (default) or denoising.")
     seed: int = Field(0, description="Seed of every random number generator (sampling, augmentation, initialisation).")
+
+
+class SegmentationWorkflow(_WorkflowBase):
+    """A segmentation workflow (``task: segmentation``, the default)."""
+
+    task: Literal["segmentation"] = Field("segmentation", description="What is trained: segmentation (default) or denoising.")
     data: DataConfig = Field(description="Cases and labels.")
     preprocessing: PreprocessingConfig = Field(description="Orientation, spacing and intensity normalisation.")
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig, description="Random augmentation.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Network.")
     loss: LossConfig = Field(default_factory=LossConfig, description="Loss.")
-    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and schedule.")
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training loop.")
+    optim: SegmentationOptimConfig = Field(default_factory=SegmentationOptimConfig, description="Optimiser and schedule.")
+    training: SegmentationTrainingConfig = Field(default_factory=SegmentationTrainingConfig, description="Training loop.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Outputs.")
 
     @model_validator(mode="after")
-    def _known_classes(self) -> WorkflowConfig:
+    def _known_classes(self) -> SegmentationWorkflow:
         unknown = [n for n in self.training.val_largest_component if n not in self.data.labels]
         if unknown:
             raise ValueError(
@@ -370,3 +575,42 @@ class WorkflowConfig(_Strict):
                 f"(classes: {list(self.data.labels)})"
             )
         return self
+
+
+class DenoisingWorkflow(_WorkflowBase):
+    """A denoising workflow (``task: denoising``): clean volumes, noise added on the fly."""
+
+    task: Literal["denoising"] = Field(description="What is trained: segmentation (default) or denoising.")
+    data: UnlabelledDataConfig = Field(description="Cases (images only; validation cases must be other scans).")
+    preprocessing: ImagePreprocessingConfig = Field(description="Orientation, spacing and the invertible intensity plan.")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Noise model and levels.")
+    model: DenoisingModelConfig = Field(default_factory=DenoisingModelConfig, description="Network.")
+    loss: DenoisingLossConfig = Field(default_factory=DenoisingLossConfig, description="Loss.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and schedule.")
+    training: DenoisingTrainingConfig = Field(default_factory=DenoisingTrainingConfig, description="Training loop.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Outputs.")
+
+    @model_validator(mode="after")
+    def _patch_dims(self) -> DenoisingWorkflow:
+        if self.noise.model == "ct_dose" and self.preprocessing.modality != "CT":
+            raise ValueError("noise.model ct_dose simulates CT dose: it needs preprocessing.modality CT")
+        if len(self.training.patch_size) != self.model.spatial_dims:
+            raise ValueError(
+                f"training.patch_size {self.training.patch_size} has {len(self.training.patch_size)} sizes but "
+                f"model.spatial_dims is {self.model.spatial_dims}"
+            )
+        return self
+
+
+# The GAN of low-dose CT enhancement (issue 18) becomes a third variant here: a GanWorkflow with
+# task: Literal["gan"] (generator/critic models, n_critic, gradient penalty), added to the union
+# and to WORKFLOW_VARIANTS.
+
+#: task name → its workflow model (the variants of `WorkflowConfig`)
+WORKFLOW_VARIANTS: dict[str, type[_WorkflowBase]] = {"segmentation": SegmentationWorkflow, "denoising": DenoisingWorkflow}
+
+#: a workflow of any task: the variant is chosen by ``task`` (validate with `medseg.config.validate_config`)
+WorkflowConfig = Annotated[Union[SegmentationWorkflow, DenoisingWorkflow], Field(discriminator="task")]
+
+#: the common base of every variant (for ``isinstance`` checks)
+WorkflowBase = _WorkflowBase

@@ -178,8 +178,11 @@ def _case(image: Path, label: Path | None, name: str | None = None) -> Case:
     return out
 
 
-def read_datalist(path: str | os.PathLike[str]) -> tuple[list[Case], list[Case]]:
-    """``(training, validation)`` cases of an MSD/MONAI datalist JSON (paths relative to it)."""
+def read_datalist(path: str | os.PathLike[str], labels: bool = True) -> tuple[list[Case], list[Case]]:
+    """``(training, validation)`` cases of an MSD/MONAI datalist JSON (paths relative to it).
+
+    ``labels=False`` (image-only tasks such as denoising) accepts entries without a label.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: datalist file not found")
@@ -195,7 +198,7 @@ def read_datalist(path: str | os.PathLike[str]) -> tuple[list[Case], list[Case]]
         for i, item in enumerate(raw.get(key) or []):
             if not isinstance(item, dict) or "image" not in item:
                 raise InputError(f"{path}: {key}[{i}] must be an object with an 'image' (and 'label') path")
-            if key == "training" and not item.get("label"):
+            if labels and key == "training" and not item.get("label"):
                 raise InputError(f"{path}: {key}[{i}] has no 'label'")
             image = (path.parent / item["image"]).resolve()
             label = (path.parent / item["label"]).resolve() if item.get("label") else None
@@ -242,27 +245,28 @@ def read_nnunet_folder(root: str | os.PathLike[str]) -> tuple[list[Case], list[C
     return training, validation
 
 
-def resolve_cases(cfg: Any) -> tuple[list[Case], list[Case]]:
+def resolve_cases(cfg: Any, labels: bool = True) -> tuple[list[Case], list[Case]]:
     """``(training, validation)`` cases of a `WorkflowConfig` (paths already absolute).
 
     When no validation cases are given, ``data.val_fraction`` of the training cases (at least
-    one, if there are ≥ 2) is held out, chosen with ``seed``.
+    one, if there are ≥ 2) is held out, chosen with ``seed``. ``labels=False`` (image-only
+    tasks) neither needs nor reads labels (case dicts then have no ``"label"``).
 
     Raises:
         InputError: missing files, malformed datalist/folder; ConfigError: no training cases.
     """
     data = cfg.data
     if data.datalist:
-        training, validation = read_datalist(data.datalist)
+        training, validation = read_datalist(data.datalist, labels=labels)
     elif data.nnunet_dir:
         training, validation = read_nnunet_folder(data.nnunet_dir)
     else:
         training, validation = [], []
         for c in data.training:
-            if not c.label:
+            if labels and not c.label:
                 raise ConfigError(f"data.training: case {c.image} has no label")
-            training.append(_case(Path(c.image), Path(c.label), c.name))
-    validation += [_case(Path(c.image), Path(c.label) if c.label else None, c.name) for c in data.validation]
+            training.append(_case(Path(c.image), Path(c.label) if c.label and labels else None, c.name))
+    validation += [_case(Path(c.image), Path(c.label) if c.label and labels else None, c.name) for c in data.validation]
     if getattr(data, "review_file", None):
         from medseg.data.review import review_training_cases
 
@@ -276,6 +280,8 @@ def resolve_cases(cfg: Any) -> tuple[list[Case], list[Case]]:
         held = set(order[:n_val])
         validation = [c for i, c in enumerate(training) if i in held]
         training = [c for i, c in enumerate(training) if i not in held]
+    if not labels:
+        return [{k: v for k, v in c.items() if k != "label"} for c in training], [{k: v for k, v in c.items() if k != "label"} for c in validation]
     for c in validation:
         if "label" not in c:
             raise ConfigError(f"validation case {c['image']} has no label; validation needs labels")

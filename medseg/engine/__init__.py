@@ -1,10 +1,11 @@
-"""The training engine: ``train(workflow) -> run directory``.
+"""The training engine: ``train(workflow) -> run directory``, for every task.
 
 A run directory ``<output.dir>/<output.run_name or name>/`` holds ``config.yaml`` (the resolved
-workflow), ``checkpoints/best.pt`` (best validation mean Dice) and ``checkpoints/last.pt``
-(with the full training state for ``--resume``), ``metrics.csv`` (one row per epoch),
-``validation_cases.csv`` (per case and label, latest validation), ``tensorboard/`` and
-``train.log``. The loop itself is `medseg.engine.loop.run_training`.
+workflow), ``checkpoints/best.pt`` (best validation score: mean Dice for segmentation, PSNR
+for denoising) and ``checkpoints/last.pt`` (with the full training state for ``--resume``),
+``metrics.csv`` (one row per epoch), ``validation_cases.csv`` (per case, latest validation),
+``tensorboard/`` and ``train.log``. The loop itself is `medseg.engine.loop.run_training`; what
+differs per task is in `medseg.engine.tasks`.
 """
 
 from __future__ import annotations
@@ -80,13 +81,13 @@ def train(
     device: str = "auto",
     nproc: int = 1,
 ) -> Path:
-    """Train a segmentation workflow and return its run directory.
+    """Train a workflow of any task (segmentation, denoising) and return its run directory.
 
     Args:
         config: workflow YAML path, nested dict or `WorkflowConfig`.
         overrides: ``"a.b=value"`` strings applied on top (``--set``).
         resume: continue the run in the run directory exactly where ``last.pt`` left it
-            (epoch, optimiser, scheduler, AMP scaler, RNG states, data sampling).
+            (epoch, every network/optimizer/scheduler/gradient scaler, RNG states, data sampling).
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         nproc: processes for DistributedDataParallel; > 1 spawns them here (``--nproc``).
             Under ``torchrun`` leave it at 1: the environment says the world size.
@@ -94,6 +95,7 @@ def train(
     Raises:
         ConfigError: invalid workflow, run directory already used (without ``--resume`` or
             ``output.overwrite``), nothing to resume. InputError/GeometryError: bad data.
+        TrainingError: a non-finite loss or weight (the step, epoch and cases are named).
     """
     from medseg.engine.distributed import barrier, close_distributed, init_distributed, launch
 

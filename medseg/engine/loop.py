@@ -1,13 +1,16 @@
-"""The training loop, top to bottom (nanoGPT style).
+"""The training loop, top to bottom (nanoGPT style), for every task.
 
-`run_training` does, in order: seeding, data (cases → cached + random MONAI transforms →
-DataLoader with a `DistributedSampler`), model (+ pretrained encoder, DDP), optimiser with
-discriminative learning rates, warm-up + cosine schedule, AMP scaler, optional resume, then
-per epoch: (un)freeze the encoder, re-seed sampling/augmentation from ``(seed, epoch, rank)``,
-forward → loss → backward → clip → step → schedule, validate (rank 0), keep the best
-checkpoint, write ``last.pt``, logs, early stopping.
+`run_training` does, in order: seeding, the task's datasets (`medseg.engine.tasks`), the
+loader (repeated cases, a `DistributedSampler`, per-epoch seeds), the task's networks (same
+initial weights on every rank) and optimizers, the precision (autocast + one gradient scaler
+per optimizer), optional resume, then per epoch: the task's epoch start (freezing; DDP
+re-wrapped when the trainable parameters change), re-seeding of sampling/augmentation from
+``(seed, epoch, rank)``, the task's training steps (a non-finite loss stops the run with the
+step, epoch and cases named), validation on rank 0 (the task's ``score``: higher is better),
+the best checkpoint, ``last.pt`` with the full training state, logs, early stopping.
 
-Everything segmentation-specific is in the small functions `build_loss` and `segmentation_loss`.
+What differs between tasks (data, networks, losses, metrics, checkpoint contents) is in the
+task modules; nothing here asks which task runs.
 """
 
 from __future__ import annotations
@@ -15,73 +18,34 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, DataLoader
+from monai.data import DataLoader
 from monai.data.utils import set_rnd
-from monai.losses import DiceFocalLoss
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Subset
 
-from medseg.checkpoint import Checkpoint, current_versions, load_checkpoint, save_checkpoint
+from medseg.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from medseg.config import WorkflowConfig
-from medseg.data.datasets import resolve_cases
-from medseg.data.transforms import training_transforms, validation_transforms
 from medseg.engine.distributed import DistContext, all_reduce_mean, barrier, broadcast_float
 from medseg.engine.logs import EpochLog, TensorBoardLog
+from medseg.engine.optimization import NonFiniteLoss, Precision, check_finite, lr_factor
 from medseg.engine.state import capture_rng_state, epoch_seed, restore_rng_state, seed_everything
-from medseg.engine.validation import per_label_summary, validate
-from medseg.errors import CheckpointError, ConfigError
-from medseg.models import ResUNet3D, build_model, load_pretrained_encoder
+from medseg.engine.tasks import task_class
+from medseg.errors import CheckpointError, TrainingError
+
+__all__ = ["lr_factor", "run_training"]
 
 log = logging.getLogger("medseg.engine")
 
 
-# ------------------------------------------------------------------ segmentation-specific parts
-
-
-def build_loss(cfg: WorkflowConfig) -> nn.Module:
-    """MONAI DiceFocalLoss on softmax outputs against integer labels (one-hot inside)."""
-    return DiceFocalLoss(
-        include_background=cfg.loss.include_background, to_onehot_y=True, softmax=True, gamma=cfg.loss.gamma,
-        lambda_dice=cfg.loss.lambda_dice, lambda_focal=cfg.loss.lambda_focal,
-    )
-
-
-def segmentation_loss(loss_fn: nn.Module, output: torch.Tensor | list[torch.Tensor], label: torch.Tensor, aux_weights: list[float]) -> torch.Tensor:
-    """Loss of the main output plus weighted auxiliary (deep-supervision) outputs."""
-    if isinstance(output, (list, tuple)):
-        total = loss_fn(output[0], label)
-        for weight, aux in zip(aux_weights, output[1:]):
-            total = total + weight * loss_fn(aux, label)
-        return total
-    return loss_fn(output, label)
-
-
-# ------------------------------------------------------------------------------- schedule
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warm-up from 1 % to 100 %, then cosine decay to `min_ratio` (a LambdaLR factor)."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return 0.01 + 0.99 * step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _set_encoder_frozen(model: ResUNet3D, frozen: bool) -> None:
-    for p in model.encoder.parameters():
-        p.requires_grad_(not frozen)
-
-
 def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
     # DDP registers the parameters that require grad when it is built, so it is rebuilt when
-    # the encoder is unfrozen
-    if not ctx.distributed:
+    # a task changes which parameters train (e.g. unfreezing an encoder)
+    if not ctx.distributed or not any(p.requires_grad for p in model.parameters()):
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
@@ -91,185 +55,156 @@ def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
 
 
 def run_training(cfg: WorkflowConfig, run_dir: Path, resume: bool, ctx: DistContext) -> dict[str, Any]:
-    """Train `cfg` into `run_dir` (see the module docstring); returns the final summary."""
-    tcfg, ocfg = cfg.training, cfg.optim
+    """Train `cfg` into `run_dir` (see the module docstring); returns the final summary.
+
+    Raises:
+        TrainingError: a non-finite loss (step, epoch and cases named) or weight (no checkpoint
+            with it is written). CheckpointError: ``last.pt`` cannot be resumed from.
+    """
+    tcfg = cfg.training
     device = ctx.device
     if tcfg.torch_threads and device.type == "cpu":
         torch.set_num_threads(max(1, tcfg.torch_threads // ctx.world_size))
     seed_everything(cfg.seed)
+    # preflight: branch badinput adds check_training_cases(cfg) here
 
-    # ---- data
-    class_names = cfg.data.class_names()
-    lcc_classes = [c for c, n in class_names.items() if n in tcfg.val_largest_component]
-    train_cases, val_cases = resolve_cases(cfg)
-    cached_tf, random_tf = training_transforms(cfg)
-    train_ds = CacheDataset(train_cases, transform=cached_tf, cache_rate=cfg.data.cache_rate, num_workers=1, progress=False)
-    train_ds = _RandomStage(train_ds, random_tf)
-    per_step = tcfg.batch_size * ctx.world_size
-    n_items = (tcfg.steps_per_epoch * per_step) if tcfg.steps_per_epoch else max(len(train_cases), per_step)
-    epoch_items = Subset(train_ds, [i % len(train_cases) for i in range(n_items)])
+    # ---- data: the task's dataset, repeated to the epoch's length, split over the ranks
+    task = task_class(cfg.task)(cfg, ctx)
+    per_step = tcfg.batch_size * ctx.world_size * task.batches_per_step
+    n_items = (tcfg.steps_per_epoch * per_step) if tcfg.steps_per_epoch else max(task.n_train_cases, per_step)
+    epoch_items = Subset(task.train_dataset, [i % task.n_train_cases for i in range(n_items)])
     sampler = DistributedSampler(epoch_items, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=cfg.seed)
     generator = torch.Generator()
     loader = DataLoader(
         epoch_items, batch_size=tcfg.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
         generator=generator, persistent_workers=False, drop_last=False,
     )
-    val_ds = None
-    if val_cases and ctx.is_main:
-        val_ds = CacheDataset(val_cases, transform=validation_transforms(cfg), cache_rate=cfg.data.cache_rate, num_workers=1, progress=False)
-    log.info("%d training case(s), %d validation case(s); %d steps per epoch", len(train_cases), len(val_cases), len(loader))
+    steps_per_epoch = max(1, len(loader) // task.batches_per_step)
+    log.info("%d training case(s), %d validation case(s); %d steps per epoch", task.n_train_cases, task.n_val_cases, steps_per_epoch)
 
-    # ---- model
-    model_cfg = cfg.model.model_dump(mode="json") | {"out_channels": len(class_names) + 1, "pretrained": None}
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_model(model_cfg)
-    assert isinstance(model, ResUNet3D)
-    bad = [s for s, d in zip(tcfg.patch_size, model.size_divisor) if s % d]
-    if bad:
-        fixed = [max(d, round(s / d) * d) for s, d in zip(tcfg.patch_size, model.size_divisor)]
-        raise ConfigError(f"training.patch_size {tcfg.patch_size} must be divisible by {list(model.size_divisor)} per axis "
-                          f"for this model (stem_stride {list(model.stem_stride)}); e.g. {fixed}")
-    if cfg.model.pretrained and not resume:
-        report = load_pretrained_encoder(model, cfg.model.pretrained)
-        log.info("pretrained encoder: %s", report)
-    model.to(device)
+    # ---- networks (the same initial weights on every rank), optimizers, schedules, precision
+    torch.manual_seed(cfg.seed)
+    task.build_networks(resume)
+    task.configure_optimizers(steps_per_epoch)
+    precision = Precision.for_run(tcfg.precision, device, task.optimizers)
 
-    # ---- optimiser, schedule, AMP
-    param_groups = [
-        {"params": model.encoder_parameters(), "lr": ocfg.encoder_lr or ocfg.lr, "name": "encoder"},
-        {"params": model.new_parameters(), "lr": ocfg.lr, "name": "new"},
-    ]
-    optimizer = torch.optim.AdamW(param_groups, weight_decay=ocfg.weight_decay)
-    steps_per_epoch = len(loader)
-    total_steps = tcfg.epochs * steps_per_epoch
-    warmup_steps = ocfg.warmup_epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup_steps, ocfg.min_lr_ratio)
-    )
-    use_amp = tcfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if use_amp else nullcontext
-    loss_fn = build_loss(cfg)
-
-    # ---- resume
-    start_epoch, best_dice, best_epoch, stale = 0, -math.inf, -1, 0
+    # ---- resume: every network, optimizer, scheduler and scaler, the RNGs and the early-stop state
+    start_epoch, best_score, best_epoch, stale = 0, -math.inf, -1, 0
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     if resume:
-        ckpt = load_checkpoint(last_path, expected_task="segmentation")
+        ckpt = load_checkpoint(last_path, expected_task=task.name)
         if ckpt.training_state is None:
             raise CheckpointError(f"{last_path}: holds no training state; cannot resume")
-        model.load_state_dict(ckpt.state_dict)
-        ts = ckpt.training_state
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        scaler.load_state_dict(ts["scaler"])
-        start_epoch, best_dice, best_epoch, stale = ts["epoch"] + 1, ts["best_dice"], ts["best_epoch"], ts["stale_validations"]
+        ts = _upgrade_training_state(ckpt.training_state, task.deployable)
+        task.networks[task.deployable].load_state_dict(ckpt.state_dict)
+        for name, net in task.networks.items():
+            if name != task.deployable:
+                net.load_state_dict(ts["networks"][name])
+        for kind, objects in (("optimizers", task.optimizers), ("schedulers", task.schedulers), ("scalers", precision.scalers)):
+            missing = sorted(set(objects) - set(ts[kind]))
+            if missing:
+                raise CheckpointError(f"{last_path}: the training state has no {kind} {missing}; cannot resume this run")
+            for name, obj in objects.items():
+                obj.load_state_dict(ts[kind][name])
+        start_epoch, best_score, best_epoch, stale = ts["epoch"] + 1, ts["best_score"], ts["best_epoch"], ts["stale_validations"]
         restore_rng_state(ts["rng"][ctx.rank] if ctx.rank < len(ts["rng"]) else ts["rng"][0])
-        log.info("resuming after epoch %d (best mean Dice %.4f at epoch %d)", start_epoch, best_dice, best_epoch + 1)
+        log.info("resuming after epoch %d (best validation score %.4f at epoch %d)", start_epoch, best_score, best_epoch + 1)
 
     # ---- logs (rank 0 writes)
-    metric_cols = [f"{m}_{n}" for n in class_names.values() for m in ("dice", "hd95")]
-    columns = ["epoch", "train_loss", "lr", "encoder_lr", "encoder_frozen", "epoch_seconds", "val_mean_dice", *metric_cols]
+    columns = ["epoch", *task.columns]
     csv_log = EpochLog(run_dir / "metrics.csv", columns, resume_epoch=start_epoch if resume else None) if ctx.is_main else None
     tb = TensorBoardLog(run_dir / "tensorboard", cfg.output.tensorboard and ctx.is_main, purge_step=start_epoch + 1 if resume else None)
 
-    def checkpoint(metrics: dict[str, Any], training_state: dict[str, Any] | None) -> Checkpoint:
-        return Checkpoint(
-            task="segmentation", model=model_cfg, state_dict=model.state_dict(), labels=class_names,
-            preprocessing=cfg.preprocessing.plan(),
-            inference={"roi_size": list(tcfg.patch_size), "overlap": tcfg.val_overlap, "sw_batch_size": tcfg.sw_batch_size, "mode": "gaussian"},
-            config=cfg.model_dump(mode="json"), versions=current_versions(), metrics=metrics, training_state=training_state,
-        )
-
     progress = _Progress(enabled=ctx.is_main)
     summary: dict[str, Any] = {}
-    frozen_now: bool | None = None
-    net: nn.Module = model
+    nets: dict[str, nn.Module] = {}
     try:
         for epoch in range(start_epoch, tcfg.epochs):
             t0 = time.perf_counter()
-            # ---- freeze / unfreeze the encoder (re-wrapping DDP so it tracks the right parameters)
-            frozen = epoch < ocfg.freeze_encoder_epochs
-            if frozen != frozen_now:
-                _set_encoder_frozen(model, frozen)
-                net, frozen_now = _wrap(model, ctx), frozen
-                if epoch > 0 and not frozen and epoch == ocfg.freeze_encoder_epochs:
-                    log.info("epoch %d: encoder unfrozen", epoch + 1)
+            # ---- the task's epoch start (train modes, freezing); DDP tracks the trainable parameters
+            if task.epoch_start(epoch) or not nets:
+                nets = {name: _wrap(net, ctx) for name, net in task.networks.items()}
 
             # ---- sampling and augmentation depend only on (seed, epoch, rank): exact resume
             sampler.set_epoch(epoch)
             generator.manual_seed(epoch_seed(cfg.seed, epoch, ctx.rank))
             if cfg.data.num_workers == 0:
-                set_rnd(train_ds, epoch_seed(cfg.seed, epoch, ctx.rank))
+                set_rnd(task.train_dataset, epoch_seed(cfg.seed, epoch, ctx.rank))
 
-            net.train()
-            if frozen:
-                model.encoder.eval()  # keep batch-norm statistics of the pretrained encoder
-            loss_sum, n_batches = 0.0, 0
-            progress.start_epoch(epoch, tcfg.epochs, len(loader))
-            for batch in loader:
-                image, label = batch["image"].to(device), batch["label"].to(device)
-                with autocast():
-                    output = net(image)
-                    loss = segmentation_loss(loss_fn, output, label, cfg.loss.deep_supervision_weights)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if ocfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                loss_sum += float(loss.detach())
-                n_batches += 1
-                progress.advance(loss_sum / n_batches)
-            train_loss = all_reduce_mean(loss_sum / max(1, n_batches), ctx)
-            lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+            # ---- training steps; a NaN/inf loss term stops the run before it touches the weights
+            sums: dict[str, float] = {}
+            progress.start_epoch(epoch, tcfg.epochs, steps_per_epoch)
+            drawn = _Drawn(loader)
+            for step in range(steps_per_epoch):
+                drawn.cases = []
+                try:
+                    terms = task.train_step(nets, drawn, precision)
+                    check_finite(terms)
+                except NonFiniteLoss as exc:
+                    raise TrainingError(
+                        f"the training loss is not finite ({exc}) at step {step + 1}/{steps_per_epoch} of epoch {epoch + 1} "
+                        f"(global step {epoch * steps_per_epoch + step + 1}); batch case(s): {', '.join(drawn.cases) or 'unknown'}. "
+                        "Check those cases for NaN/inf or extreme voxel values, or lower optim.lr; no checkpoint of this "
+                        "state was written (last.pt holds the last completed epoch)"
+                    ) from None
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                progress.advance(sums["loss"] / (step + 1))
+            row: dict[str, Any] = {"epoch": epoch + 1}
+            row |= {f"train_{k}": all_reduce_mean(v / steps_per_epoch, ctx) for k, v in sums.items()}
+            row |= task.epoch_values()
 
-            # ---- validation on rank 0, its mean Dice shared for early stopping
+            # ---- validation on rank 0, its score shared for best checkpoint and early stopping
             final = epoch + 1 == tcfg.epochs or epoch + 1 == tcfg.stop_after_epoch
-            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lrs["new"], "encoder_lr": lrs["encoder"],
-                                   "encoder_frozen": int(frozen)}
-            val_now = bool(val_cases) and ((epoch + 1) % tcfg.val_every == 0 or final)
+            val_now = task.n_val_cases > 0 and ((epoch + 1) % tcfg.val_every == 0 or final)
             improved, rows = False, []
             if val_now:
-                mean_dice = math.nan
+                score = math.nan
                 if ctx.is_main:
                     progress.status("validating")
-                    mean_dice, rows = validate(
-                        model, val_ds, class_names, tcfg.patch_size, tcfg.val_overlap, tcfg.sw_batch_size, device, use_amp, lcc_classes
-                    )
-                    row |= {"val_mean_dice": mean_dice, **per_label_summary(rows, class_names)}
-                mean_dice = broadcast_float(mean_dice, ctx)
-                improved = not math.isnan(mean_dice) and mean_dice > best_dice
+                    metrics, rows = task.validate(precision)
+                    score = metrics.pop("score")
+                    row |= metrics
+                score = broadcast_float(score, ctx)
+                improved = not math.isnan(score) and score > best_score
                 if improved:
-                    best_dice, best_epoch, stale = mean_dice, epoch, 0
+                    best_score, best_epoch, stale = score, epoch, 0
                 else:
                     stale += 1
             row["epoch_seconds"] = time.perf_counter() - t0
 
-            # ---- checkpoints and logs (rank 0), then everyone continues
+            # ---- checkpoints (never a non-finite one) and logs (rank 0), then everyone continues
             rng_states = _gather_rng(ctx)
             if ctx.is_main:
                 metrics = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-                if improved or not val_cases:
-                    save_checkpoint(checkpoint(metrics, None), best_path)
-                state = {
-                    "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "best_dice": best_dice, "best_epoch": best_epoch, "stale_validations": stale, "rng": rng_states,
+                if val_now:
+                    metrics["score"] = score
+                if improved or task.n_val_cases == 0:
+                    _save(task.checkpoint(metrics), best_path, task.networks, epoch)
+                last = task.checkpoint(metrics)
+                last.training_state = {
+                    "epoch": epoch,
+                    "networks": {n: net.state_dict() for n, net in task.networks.items() if n != task.deployable},
+                    "optimizers": {n: o.state_dict() for n, o in task.optimizers.items()},
+                    "schedulers": {n: s.state_dict() for n, s in task.schedulers.items()},
+                    "scalers": {n: s.state_dict() for n, s in precision.scalers.items()},
+                    "best_score": best_score, "best_epoch": best_epoch, "stale_validations": stale, "rng": rng_states,
                 }
-                save_checkpoint(checkpoint(metrics, state), last_path)
+                _save(last, last_path, task.networks, epoch)
                 assert csv_log is not None
                 csv_log.append(row)
                 tb.scalars(row, epoch + 1)
                 if rows:
-                    _write_val_cases(run_dir / "validation_cases.csv", rows, epoch + 1)
-                log.info(_epoch_line(row, class_names, tcfg.epochs))
+                    _write_val_cases(run_dir / "validation_cases.csv", task.case_columns, rows, epoch + 1)
+                log.info(
+                    f"epoch {row['epoch']}/{tcfg.epochs}  loss {row['train_loss']:.4g}  lr {row['lr']:.2e}  "
+                    f"{row['epoch_seconds']:.1f}s{task.describe(row)}"
+                )
             barrier(ctx)
-            summary = {"epoch": epoch + 1, "train_loss": train_loss, "best_mean_dice": best_dice, "best_epoch": best_epoch + 1, **row}
+            summary = {"epoch": epoch + 1, "train_loss": row["train_loss"], "best_score": best_score, "best_epoch": best_epoch + 1, **row}
 
             if tcfg.early_stopping_patience and stale >= tcfg.early_stopping_patience:
-                log.info("early stopping: no better validation Dice for %d validations", stale)
+                log.info("early stopping: no better validation score for %d validations", stale)
                 break
             if tcfg.stop_after_epoch is not None and epoch + 1 >= tcfg.stop_after_epoch and epoch + 1 < tcfg.epochs:
                 log.info("stopping after epoch %d as asked (training.stop_after_epoch); continue with --resume", epoch + 1)
@@ -280,20 +215,17 @@ def run_training(cfg: WorkflowConfig, run_dir: Path, resume: bool, ctx: DistCont
     return summary
 
 
+def _upgrade_training_state(ts: dict[str, Any], deployable: str) -> dict[str, Any]:
+    """A training state in the current layout (``last.pt`` of medseg before tasks held one optimizer)."""
+    if "optimizers" in ts:
+        return ts
+    return {
+        **ts, "networks": {}, "optimizers": {deployable: ts["optimizer"]}, "schedulers": {deployable: ts["scheduler"]},
+        "scalers": {deployable: ts["scaler"]}, "best_score": ts["best_dice"],
+    }
+
+
 # ------------------------------------------------------------------------------- helpers
-
-
-class _RandomStage(torch.utils.data.Dataset):
-    """The random transform stage on top of a CacheDataset (patches: a list per case)."""
-
-    def __init__(self, cached: CacheDataset, transform: Any) -> None:
-        self.cached, self.transform = cached, transform
-
-    def __len__(self) -> int:
-        return len(self.cached)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.transform(self.cached[index])
 
 
 def _gather_rng(ctx: DistContext) -> list[dict[str, Any]]:
@@ -308,22 +240,55 @@ def _gather_rng(ctx: DistContext) -> list[dict[str, Any]]:
     return states
 
 
-def _write_val_cases(path: Path, rows: list[dict[str, Any]], epoch: int) -> None:
+def _write_val_cases(path: Path, keys: list[str], rows: list[dict[str, Any]], epoch: int) -> None:
     from medseg.io.atomic import write_text_atomic
 
-    keys = ["epoch", "case", "label", "name", "present", "dice", "iou", "hd95", "hd", "assd", "nsd", "volume_gt_ml", "volume_pred_ml"]
+    keys = ["epoch", *keys]
     lines = [",".join(keys)] + [",".join(str(epoch if k == "epoch" else r.get(k, "")) for k in keys) for r in rows]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def _epoch_line(row: dict[str, Any], class_names: dict[int, str], epochs: int) -> str:
-    text = f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  lr {row['lr']:.2e}  {row.get('epoch_seconds', 0):.1f}s"
-    if not math.isnan(row.get("val_mean_dice", math.nan)):
-        per = "  ".join(
-            f"{n} {row[f'dice_{n}']:.3f}" for n in class_names.values() if not math.isnan(row.get(f"dice_{n}", math.nan))
+def _case_names(batch: dict[str, Any]) -> list[str]:
+    """The case names of a collated batch (one per patch; a case drawn twice counts once)."""
+    names = batch.get("name", [])
+    names = [names] if isinstance(names, str) else list(names)
+    return list(dict.fromkeys(str(n) for n in names))
+
+
+class _Drawn:
+    """The loader's iterator for one epoch, remembering the cases of the batches of the current step."""
+
+    def __init__(self, loader: Any) -> None:
+        self.it = iter(loader)
+        self.cases: list[str] = []
+
+    def __iter__(self) -> _Drawn:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self.it)
+        self.cases += _case_names(batch)
+        return batch
+
+
+def _non_finite_parameters(networks: dict[str, nn.Module]) -> str | None:
+    """``"network.parameter"`` of the first NaN/inf weight or buffer, or None."""
+    for net_name, net in networks.items():
+        for key, value in net.state_dict().items():
+            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                return f"{net_name}.{key}"
+    return None
+
+
+def _save(ckpt: Checkpoint, path: Path, networks: dict[str, nn.Module], epoch: int) -> None:
+    """Save `ckpt` unless a weight is not finite (a NaN checkpoint would poison inference and resume)."""
+    bad = _non_finite_parameters(networks)
+    if bad is not None:
+        raise TrainingError(
+            f"epoch {epoch + 1}: parameter {bad} is not finite (NaN/inf); {path.name} was not written "
+            f"(the previous one, if any, is the last good state); lower optim.lr or check the data"
         )
-        text += f"  | val Dice {row['val_mean_dice']:.4f} ({per})"
-    return text
+    save_checkpoint(ckpt, path)
 
 
 class _Progress:

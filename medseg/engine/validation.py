@@ -24,10 +24,13 @@ from medseg.metrics import evaluate_case
 
 def predict_native(
     model: nn.Module, image: MetaTensor, native_affine: np.ndarray, native_shape: tuple[int, ...], roi_size: list[int],
-    overlap: float, sw_batch_size: int, device: torch.device, amp: bool,
+    overlap: float, sw_batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None,
 ) -> np.ndarray:
-    """Label map (argmax) on the native grid for one preprocessed image ``(C, X, Y, Z)``."""
-    autocast = torch.autocast("cuda", dtype=torch.float16) if (amp and device.type == "cuda") else nullcontext()
+    """Label map (argmax) on the native grid for one preprocessed image ``(C, X, Y, Z)``.
+
+    ``autocast_dtype``: the forward pass's autocast dtype (training's precision); None = fp32.
+    """
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
     with torch.no_grad(), autocast:
         logits = sliding_window_inference(
             image[None].to(device), roi_size=roi_size, sw_batch_size=sw_batch_size, predictor=model, overlap=overlap, mode="gaussian"
@@ -42,10 +45,11 @@ def predict_native(
 
 def validate(
     model: nn.Module, dataset: Any, class_names: dict[int, str], roi_size: list[int], overlap: float,
-    sw_batch_size: int, device: torch.device, amp: bool, largest_component: list[int] | None = None,
+    sw_batch_size: int, device: torch.device, autocast_dtype: torch.dtype | None, largest_component: list[int] | None = None,
 ) -> tuple[float, list[dict[str, Any]]]:
     """Evaluate `model` on every case of `dataset` (items of `validation_transforms`).
 
+    ``autocast_dtype``: autocast dtype of the forward passes (None = fp32).
     ``largest_component``: classes reduced to their largest connected component before scoring
     (the post-processing of `medseg.inference.postprocess`, as ``medseg segment`` applies it).
 
@@ -62,7 +66,7 @@ def validate(
             item = dataset[i]
             gt = np.asarray(item["label_native"])
             affine = np.asarray(item["native_affine"])
-            pred = predict_native(model, item["image"], affine, gt.shape, roi_size, overlap, sw_batch_size, device, amp)
+            pred = predict_native(model, item["image"], affine, gt.shape, roi_size, overlap, sw_batch_size, device, autocast_dtype)
             if largest_component:
                 # the same function inference uses (imported here: inference sits above the engine)
                 from medseg.inference.postprocess import keep_largest_component

@@ -29,12 +29,30 @@ FILES: dict[str, Path] = {
 }
 
 
+#: Real images shipped inside other installed packages: name → (package, path inside it).
+PACKAGED: dict[str, tuple[str, str]] = {
+    # MNI152 2009a symmetric T1 template, 197×233×189 at 1 mm (nilearn's package data)
+    "mni152_t1": ("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"),
+}
+
+
 def path(name: str) -> Path:
-    """Path of a bundled sample by name (see `FILES`)."""
-    try:
+    """Path of a bundled sample by name (see `FILES`, and `PACKAGED` for other packages' data).
+
+    Raises:
+        KeyError: an unknown name, or a packaged image whose package is not installed.
+    """
+    if name in FILES:
         return FILES[name]
-    except KeyError:
-        raise KeyError(f"unknown sample {name!r}; available: {', '.join(sorted(FILES))}") from None
+    if name in PACKAGED:
+        import importlib.util
+
+        package, inner = PACKAGED[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise KeyError(f"sample {name!r} comes with the {package!r} package, which is not installed (pip install {package})")
+        return Path(spec.origin).parent / inner
+    raise KeyError(f"unknown sample {name!r}; available: {', '.join(sorted([*FILES, *PACKAGED]))}")
 
 
 def totalsegmentator_labels() -> dict[int, str]:

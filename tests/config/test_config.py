@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medseg.config import WorkflowConfig, load_workflow, parse_override
+from medseg.config import WORKFLOW_VARIANTS, describe_config, load_workflow, parse_override
 from medseg.errors import ConfigError
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
@@ -97,15 +97,18 @@ def test_unknown_sample_name():
 
 
 def test_every_field_is_documented():
+    from pydantic import BaseModel
+
     def walk(model):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
             ann = field.annotation
             for t in (ann, *getattr(ann, "__args__", ())):
-                if isinstance(t, type) and issubclass(t, WorkflowConfig.__mro__[1]) and t is not model:
+                if isinstance(t, type) and issubclass(t, BaseModel) and t is not model:
                     walk(t)
 
-    walk(WorkflowConfig)
+    for variant in WORKFLOW_VARIANTS.values():
+        walk(variant)
 
 
 def test_val_largest_component_must_name_classes():
@@ -113,3 +116,70 @@ def test_val_largest_component_must_name_classes():
     assert cfg.training.val_largest_component == ["liver"]
     with pytest.raises(ConfigError, match=r"not classes of data.labels \(classes: \['liver'\]\)"):
         load_workflow({**MINIMAL, "training": {"val_largest_component": ["livre"]}})
+
+
+DENOISING = {
+    "name": "d", "task": "denoising",
+    "data": {"training": [{"image": "sample:ct_small"}], "validation": [{"image": "sample:ct"}]},
+    "preprocessing": {"modality": "CT"},
+}
+
+
+def test_task_selects_the_variant_and_segmentation_is_the_default():
+    seg = load_workflow(MINIMAL)
+    assert seg.task == "segmentation" and seg.data.labels == {"liver": 5} and seg.training.patch_size == [96, 96, 64]
+    den = load_workflow(DENOISING)
+    assert den.task == "denoising" and not hasattr(den.data, "labels")  # labels are a segmentation key
+    assert den.preprocessing.plan()["intensity"] == {"kind": "hu_linear", "hu_min": -1024.0, "hu_max": 3071.0}
+    assert den.training.precision == "auto" and not hasattr(den.training, "pos_fraction")
+    # an image-only workflow needs no labels: switching a labelled workflow's task must name the seg-only keys
+    with pytest.raises(ConfigError) as exc:
+        load_workflow(MINIMAL, ["task=denoising"])
+    assert "data.labels: unknown key" in str(exc.value)
+
+
+def test_wrong_task_name_suggests_the_closest(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_workflow(_write(tmp_path, {**DENOISING, "task": "denoisng"}))
+    msg = str(exc.value)
+    assert "unknown task 'denoisng' (did you mean 'denoising'?)" in msg and "segmentation, denoising" in msg
+
+
+def test_misspelled_key_in_the_denoising_variant_suggests(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_workflow(_write(tmp_path, {**DENOISING, "noise": {"modle": "rician"}}))
+    msg = str(exc.value)
+    assert "noise.modle: unknown key (did you mean 'model'?)" in msg and "dose_range" in msg
+    cfg = load_workflow(_write(tmp_path, DENOISING), ["noise.model=rician", "model.context_slices=2", "training.precision=bf16"])
+    assert cfg.noise.model == "rician" and cfg.model.build_dict()["in_channels"] == 5 and cfg.training.precision == "bf16"
+    assert cfg.noise.validation_levels() == [0.01, 0.055, 0.1]
+    with pytest.raises(ConfigError, match="ct_dose simulates CT dose: it needs preprocessing.modality CT"):
+        load_workflow(DENOISING, ["noise.model=ct_dose", "preprocessing.modality=MR"])
+    with pytest.raises(ConfigError, match="patch_size .* has 3 sizes but model.spatial_dims is 2"):
+        load_workflow(DENOISING, ["training.patch_size=[32,32,16]"])
+
+
+def test_help_config_lists_every_variant():
+    text = describe_config()
+    assert "== task: segmentation (the default)" in text and "== task: denoising" in text
+    den = describe_config("denoising")
+    assert "noise.model (default 'gaussian')" in den and "data.labels" not in den and "training.precision (default 'auto')" in den
+    assert "training.pos_fraction" in describe_config("segmentation")
+    with pytest.raises(ConfigError, match="did you mean 'segmentation'"):
+        describe_config("segmentaton")
+
+
+def test_legacy_amp_maps_to_precision():
+    assert load_workflow({**MINIMAL, "training": {"amp": False}}).training.precision == "fp32"
+    assert load_workflow({**MINIMAL, "training": {"amp": True}}).training.precision == "auto"
+    with pytest.raises(ConfigError, match="give 'precision' only"):
+        load_workflow({**MINIMAL, "training": {"amp": True, "precision": "bf16"}})
+
+
+@pytest.mark.parametrize("name", ["denoise_ct.yaml", "denoise_mr.yaml"])
+def test_bundled_denoising_workflows_validate(name):
+    cfg = load_workflow(WORKFLOWS / name)
+    assert cfg.task == "denoising"
+    for case in cfg.data.training + cfg.data.validation:
+        assert Path(case.image).exists(), case.image
+    assert not {c.image for c in cfg.data.training} & {c.image for c in cfg.data.validation}  # validated on other scans

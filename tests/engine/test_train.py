@@ -47,6 +47,22 @@ def test_short_real_training_lowers_loss_and_beats_trivial(smoke_run):
 
 
 @pytest.mark.slow
+def test_segmentation_unchanged_by_the_one_engine(smoke_run):
+    """The smoke workflow's metrics.csv (seed 0) equals the one written by the segmentation-only
+    loop before the task refactor (tests/engine/data, recorded with that loop), epoch times aside."""
+    ref = read_epoch_log(Path(__file__).parent / "data" / "smoke_metrics_seed0.csv")
+    new = read_epoch_log(smoke_run / "metrics.csv")
+    header = (smoke_run / "metrics.csv").read_text().splitlines()[0]
+    assert header == (Path(__file__).parent / "data" / "smoke_metrics_seed0.csv").read_text().splitlines()[0]
+    assert len(new) == len(ref)
+    for a, b in zip(new, ref):
+        for key in b:
+            if key != "epoch_seconds":
+                # 6 significant digits are written; the tolerance only absorbs last-digit rounding of other CPUs
+                np.testing.assert_allclose(a[key], b[key], rtol=2e-6, equal_nan=True, err_msg=key)
+
+
+@pytest.mark.slow
 def test_checkpoint_carries_everything_inference_needs(smoke_run):
     best = load_checkpoint(smoke_run / "checkpoints" / "best.pt", expected_task="segmentation")
     assert best.labels == {1: "liver"}
@@ -60,6 +76,9 @@ def test_checkpoint_carries_everything_inference_needs(smoke_run):
     net.load_state_dict(best.state_dict)
     last = load_checkpoint(smoke_run / "checkpoints" / "last.pt")
     assert last.training_state["epoch"] == 5
+    ts = last.training_state
+    assert set(ts["optimizers"]) == set(ts["schedulers"]) == set(ts["scalers"]) == {"model"} and ts["networks"] == {}
+    assert best.metrics["score"] == best.metrics["val_mean_dice"]
     saved = yaml.safe_load((smoke_run / "config.yaml").read_text())
     assert saved["training"]["epochs"] == 6 and Path(saved["data"]["training"][0]["image"]).is_absolute()
     assert any((smoke_run / "tensorboard").iterdir())
@@ -111,6 +130,7 @@ def test_cli_train_reports_config_errors(tmp_path):
     assert "did you mean 'epochs'" in str(result.exception)
     listing = CliRunner().invoke(app, ["train", "--help-config"])
     assert listing.exit_code == 0 and "augmentation.elastic.prob (default 0.2)" in listing.output
+    assert "== task: denoising" in listing.output and "noise.sigma_range" in listing.output
 
 
 @pytest.mark.dist

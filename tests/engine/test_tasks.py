@@ -1,0 +1,154 @@
+"""Tasks on the one engine: denoising trains on real CT and writes an image-to-image checkpoint
+that rebuilds; resume continues it exactly; a non-finite loss stops training with the step,
+epoch and case named and no non-finite checkpoint."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.checkpoint import load_checkpoint
+from medseg.engine import train
+from medseg.engine.logs import read_epoch_log
+from medseg.errors import TrainingError
+
+SMOKE = Path(__file__).resolve().parents[2] / "workflows" / "smoke.yaml"
+
+#: a small denoising run on the bundled CT: example_ct_sm for training, example_ct (another
+#: acquisition of the field of view, 112 slices) for validation, 2.5-D patches of 32²
+DENOISE = {
+    "name": "denoise_test", "task": "denoising", "seed": 0,
+    "data": {"training": [{"image": "sample:ct_small", "name": "example_ct_sm"}],
+             "validation": [{"image": "sample:ct", "name": "example_ct"}]},
+    "preprocessing": {"modality": "CT"},
+    "noise": {"model": "gaussian", "sigma_range": [100, 150], "val_levels": [120]},
+    "model": {"name": "unet_denoiser", "spatial_dims": 2, "context_slices": 1, "features": [8, 8, 16, 16, 32, 8]},
+    "optim": {"lr": 0.01, "warmup_epochs": 0},
+    "training": {"epochs": 3, "steps_per_epoch": 8, "batch_size": 1, "patches_per_case": 8, "patch_size": [32, 32],
+                 "val_every": 3, "val_max_slices": 3, "torch_threads": 2},
+    "output": {"tensorboard": False},
+}
+
+
+def _denoise(tmp_path: Path, *extra: str) -> list[str]:
+    return [f"output.dir={tmp_path}", *extra]
+
+
+@pytest.fixture(scope="module")
+def denoise_run(tmp_path_factory):
+    return train(DENOISE, overrides=_denoise(tmp_path_factory.mktemp("denoise")), device="cpu")
+
+
+@pytest.mark.slow
+def test_denoising_learns_and_beats_its_noisy_input(denoise_run):
+    rows = read_epoch_log(denoise_run / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    losses = [r["train_loss"] for r in rows]
+    assert losses[-1] < 0.8 * losses[0], losses
+    last = rows[-1]
+    # 120 HU of noise in a 4095-HU range: the noisy input's PSNR is 20·log10(4095/120) = 30.7 dB
+    assert 30 < last["val_psnr_noisy_db"] < 31.5
+    assert last["val_psnr_db"] > last["val_psnr_noisy_db"] + 1.0 and last["val_ssim"] > last["val_ssim_noisy"]
+    cases = (denoise_run / "validation_cases.csv").read_text().splitlines()
+    assert cases[0] == "epoch,case,noise,level,psnr_noisy_db,psnr_db,ssim_noisy,ssim" and "example_ct,gaussian,120.0" in cases[1]
+
+
+@pytest.mark.slow
+def test_denoising_checkpoint_follows_the_image_to_image_format(denoise_run):
+    from medseg.data.intensity import from_network_units, intensity_params, to_network_units
+    from medseg.io import read_volume
+    from medseg import sample_data
+    from medseg.models import build_model
+
+    ckpt = load_checkpoint(denoise_run / "checkpoints" / "best.pt", expected_task="denoising")
+    assert ckpt.labels == {} and ckpt.training_state is None
+    assert ckpt.preprocessing == {"modality": "CT", "spacing_mm": None, "orientation": "RAS",
+                                  "intensity": {"kind": "hu_linear", "hu_min": -1024.0, "hu_max": 3071.0}}
+    assert ckpt.inference == {"spatial_dims": 2, "context_slices": 1, "roi_size": None, "overlap": 0.25}
+    assert ckpt.metrics["score"] == ckpt.metrics["val_psnr_db"]
+    net = build_model(ckpt.model)
+    net.load_state_dict(ckpt.state_dict)
+    net.eval()
+    # (B, 2k+1, H, W) in network units → (B, 1, H, W): on a real slice the output stays in HU's scale
+    vol = read_volume(sample_data.path("ct_small")).array.astype(np.float32)
+    params = intensity_params(vol, ckpt.preprocessing["intensity"])
+    x = torch.from_numpy(to_network_units(vol[:, :, 10:13], params)).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        out = from_network_units(net(x), params)
+    assert out.shape == (1, 1, *vol.shape[:2])
+    # back in HU: a network-unit output (0…1) would differ by ~1000 HU; a short run on 120-HU noise smooths a little
+    assert float((out[0, 0] - torch.from_numpy(vol[:, :, 11])).abs().median()) < 80
+
+
+@pytest.mark.slow
+def test_denoising_resume_continues_exactly(denoise_run, tmp_path):
+    first = train(DENOISE, overrides=_denoise(tmp_path, "training.stop_after_epoch=1"), device="cpu")
+    resumed = train(DENOISE, overrides=_denoise(tmp_path), device="cpu", resume=True)
+    a = read_epoch_log(denoise_run / "metrics.csv")
+    b = read_epoch_log(resumed / "metrics.csv")
+    assert resumed == first and [int(r["epoch"]) for r in b] == [1, 2, 3]
+    np.testing.assert_allclose([r["train_loss"] for r in b], [r["train_loss"] for r in a], rtol=1e-5)
+    np.testing.assert_allclose(b[-1]["val_psnr_db"], a[-1]["val_psnr_db"], rtol=1e-6)
+
+
+def test_non_finite_loss_names_step_epoch_and_case_and_writes_no_checkpoint(tmp_path, monkeypatch, capfd):
+    """NaN voxels injected after loading (the readers repair NaN in files): exit 1, a clear
+    message, and no best.pt/last.pt at all."""
+    import medseg.data.datasets as datasets
+    from medseg.cli import main
+
+    real = datasets.load_case_volumes
+
+    def with_nan(image_path, label_path, *args, **kwargs):
+        image, label = real(image_path, label_path, *args, **kwargs)
+        arr = np.array(image.array, dtype=np.float32)
+        arr[arr > 0] = np.nan  # every soft-tissue voxel: any patch holds some
+        return image.with_array(arr), label
+
+    monkeypatch.setattr(datasets, "load_case_volumes", with_nan)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(SMOKE), "--device", "cpu", "--set", f"output.dir={tmp_path}", "--set", "training.epochs=1",
+              "--set", "training.steps_per_epoch=2", "--set", "data.validation=[]"])
+    assert exc.value.code == 1
+    printed = " ".join(capfd.readouterr().err.split())  # rich wraps long lines
+    assert "error: the training loss is not finite (loss = nan) at step 1/2 of epoch 1" in printed
+    assert "Traceback" not in printed
+    assert not (tmp_path / "smoke" / "checkpoints" / "best.pt").exists()
+    assert not (tmp_path / "smoke" / "checkpoints" / "last.pt").exists()
+
+
+def test_non_finite_loss_error_message(tmp_path, monkeypatch):
+    import medseg.data.datasets as datasets
+
+    real = datasets.load_case_volumes
+
+    def with_nan(image_path, label_path, *args, **kwargs):
+        image, label = real(image_path, label_path, *args, **kwargs)
+        arr = np.array(image.array, dtype=np.float32)
+        arr[arr > 0] = np.nan
+        return image.with_array(arr), label
+
+    monkeypatch.setattr(datasets, "load_case_volumes", with_nan)
+    with pytest.raises(TrainingError) as exc:
+        train(SMOKE, overrides=[f"output.dir={tmp_path}", "training.epochs=1", "training.steps_per_epoch=2", "data.validation=[]"],
+              device="cpu")
+    msg = str(exc.value)
+    assert "the training loss is not finite (loss = nan) at step 1/2 of epoch 1" in msg
+    assert "batch case(s): ct_small" in msg and "no checkpoint" in msg
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
+    from medseg.checkpoint import Checkpoint
+    from medseg.engine.loop import _save
+
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.bias.fill_(math.inf)
+    path = tmp_path / "best.pt"
+    with pytest.raises(TrainingError, match=r"parameter model.bias is not finite .* best.pt was not written"):
+        _save(Checkpoint(task="denoising", model={}, state_dict=net.state_dict()), path, {"model": net}, epoch=0)
+    assert not path.exists()
