@@ -155,7 +155,7 @@ def _resolve_paths(cfg: WorkflowConfig, base_dir: Path) -> WorkflowConfig:
         data.datalist = resolve_path(data.datalist, base_dir)
     if data.nnunet_dir:
         data.nnunet_dir = resolve_path(data.nnunet_dir, base_dir)
-    if data.review_file:
+    if getattr(data, "review_file", None):  # segmentation workflows only
         data.review_file = resolve_path(data.review_file, base_dir)
     for cases in (data.training, data.validation):
         for i, case in enumerate(cases):
