@@ -62,6 +62,11 @@ def keep_freed_memory() -> bool:
     return active
 
 
+def keep_freed_memory_active() -> bool:
+    """Whether `keep_freed_memory` is active in this process (background processes follow it)."""
+    return bool(_state.get("active", False))
+
+
 _gc_lock = threading.Lock()
 _gc_pauses = [0, False]  # active pauses, whether gc was enabled before the first
 

@@ -1,14 +1,16 @@
-"""Loading segmentation checkpoints for inference (once per batch, shared by every series)."""
+"""Loading checkpoints for inference (once per batch, shared by every series): segmentation
+and image-to-image (denoising, GAN generator) networks alike, rebuilt by `medseg.models.build_model`."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from medseg.device import resolve_device
 from medseg.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -16,14 +18,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedModel:
-    """A segmentation network ready for inference, with everything its checkpoint carries.
+    """A network ready for inference, with everything its checkpoint carries.
 
     Attributes:
         path: the checkpoint file.
+        task: the checkpoint's task: ``"segmentation"``, ``"denoising"`` or ``"gan"`` (the
+            batch runner picks its writers by it).
         network: the rebuilt network in ``eval()`` mode on `device`.
-        labels: label value → structure name (background 0 implicit).
+        labels: label value → structure name (background 0 implicit); {} for image tasks.
         plan: the preprocessing plan (``modality``, ``spacing_mm``, ``orientation``, ``intensity``).
-        inference: sliding-window defaults (``roi_size``, ``overlap``, ``sw_batch_size``).
+        inference: sliding-window defaults (``roi_size``, ``overlap``, ``sw_batch_size``; image
+            tasks also ``spatial_dims``, ``context_slices``).
         device: where the network runs.
         fingerprint: short SHA-256 of the checkpoint file (recorded in outputs for provenance
             and used to decide whether a finished series was made by the same model).
@@ -37,6 +42,13 @@ class LoadedModel:
     device: Any
     fingerprint: str
     metrics: dict[str, Any] = field(default_factory=dict)
+    task: str = "segmentation"
+
+    def without_network(self) -> LoadedModel:
+        """A copy without its network (plans, labels, fingerprint): what background stages need."""
+        import torch
+
+        return replace(self, network=None, device=torch.device("cpu"))
 
     @property
     def modality(self) -> str | None:
@@ -50,27 +62,6 @@ class LoadedModel:
         return [0, *sorted(self.labels)]
 
 
-def resolve_device(device: str = "auto") -> Any:
-    """``"auto"`` → CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given.
-
-    Raises:
-        InputError: CUDA asked for but not available, or an unknown device name.
-    """
-    import torch
-
-    from medseg.errors import InputError
-
-    name = (device or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available here; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise InputError(f"unknown device {device!r} (expected auto, cpu, cuda or cuda:N)") from exc
-
-
 def file_fingerprint(path: str | os.PathLike[str], n: int = 16) -> str:
     """Short SHA-256 hex digest of a file's content."""
     h = hashlib.sha256()
@@ -81,7 +72,7 @@ def file_fingerprint(path: str | os.PathLike[str], n: int = 16) -> str:
 
 
 def load_model(path: str | os.PathLike[str], device: str | Any = "auto") -> LoadedModel:
-    """Load one segmentation checkpoint and rebuild its network for inference.
+    """Load one checkpoint (any task) and rebuild its network for inference.
 
     Args:
         path: a medseg checkpoint (``best.pt`` / ``last.pt`` written by training), or a
@@ -89,8 +80,8 @@ def load_model(path: str | os.PathLike[str], device: str | Any = "auto") -> Load
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
 
     Raises:
-        CheckpointError: missing/corrupt file, not a segmentation checkpoint (e.g. a denoising
-            one), no labels, or weights that do not fit the network the config describes.
+        CheckpointError: missing/corrupt file, a segmentation checkpoint without labels, no
+            preprocessing plan, or weights that do not fit the network the config describes.
     """
     import torch
 
@@ -103,8 +94,8 @@ def load_model(path: str | os.PathLike[str], device: str | Any = "auto") -> Load
 
         return load_exported(path, device)
     dev = device if isinstance(device, torch.device) else resolve_device(str(device))
-    ckpt = load_checkpoint(path, map_location="cpu", expected_task="segmentation")
-    if not ckpt.labels:
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if ckpt.task == "segmentation" and not ckpt.labels:
         raise CheckpointError(f"{path}: segmentation checkpoint without 'labels'; cannot name the output classes")
     if not ckpt.preprocessing:
         raise CheckpointError(f"{path}: checkpoint has no 'preprocessing' plan; re-save it with medseg train")
@@ -119,7 +110,8 @@ def load_model(path: str | os.PathLike[str], device: str | Any = "auto") -> Load
         raise CheckpointError(f"{path}: weights do not match the network its config describes ({first})") from exc
     network.to(dev).eval()
     inference = dict(ckpt.inference or {})
-    inference.setdefault("roi_size", [96, 96, 96])
+    if ckpt.task == "segmentation":
+        inference.setdefault("roi_size", [96, 96, 96])
     inference.setdefault("overlap", 0.25)
     inference.setdefault("sw_batch_size", 1)
     return LoadedModel(
@@ -131,14 +123,15 @@ def load_model(path: str | os.PathLike[str], device: str | Any = "auto") -> Load
         device=dev,
         fingerprint=file_fingerprint(path),
         metrics=dict(ckpt.metrics or {}),
+        task=str(ckpt.task),
     )
 
 
 def load_models(paths: list[str | os.PathLike[str]], device: str | Any = "auto") -> list[LoadedModel]:
-    """Load several checkpoints for an ensemble and check they can be averaged.
+    """Load one checkpoint, or several for an ensemble and check they can be averaged.
 
-    Every checkpoint must be a segmentation checkpoint with the same label set (values and
-    names) and the same modality; their preprocessing plans may differ (each model sees its
+    Several checkpoints must all be segmentation checkpoints with the same label set (values
+    and names) and the same modality (image-to-image models are applied one at a time); their preprocessing plans may differ (each model sees its
     own preprocessing; probabilities are averaged on a common grid).
 
     Raises:
@@ -148,6 +141,11 @@ def load_models(paths: list[str | os.PathLike[str]], device: str | Any = "auto")
         raise CheckpointError("no checkpoint given (use --model CKPT, repeat it to ensemble several)")
     models = [load_model(p, device) for p in paths]
     ref = models[0]
+    if len(models) > 1 and any(m.task != "segmentation" for m in models):
+        raise CheckpointError(
+            f"cannot ensemble {', '.join(f'{m.path.name} ({m.task})' for m in models)}: only segmentation "
+            "checkpoints are ensembled; apply an image model on its own"
+        )
     for m in models[1:]:
         if m.labels != ref.labels:
             only_ref = {k: v for k, v in ref.labels.items() if m.labels.get(k) != v}
