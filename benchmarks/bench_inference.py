@@ -433,7 +433,8 @@ def main() -> None:
         results["channels_last_3d"] = run(lambda inp: net_cl(inp.to(memory_format=torch.channels_last_3d)))
         net.to(memory_format=torch.contiguous_format)
     from medseg import sample_data
-    from medseg.inference.export import OnnxNetwork, compare_with_float, export_model
+    from medseg.inference.export import compare_with_float, export_model
+    from medseg.inference.exported import OnnxNetwork
 
     real_ct = read_dicom_series(sample_data.path("ct_dicom"))
     agreement = {}

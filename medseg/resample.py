@@ -138,8 +138,6 @@ class _SlabSampler:
     """
 
     def __init__(self, probs: Any, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: tuple[int, int, int]) -> None:
-        import torch
-
         self.probs, self.dst_shape = probs, tuple(dst_shape)
         self.src_affine, self.dst_affine = src_affine, dst_affine
         self.src_shape = tuple(int(n) for n in probs.shape[1:])

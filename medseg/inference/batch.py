@@ -196,11 +196,13 @@ def segment_batch(
     try:
         with ProgressBars(options.progress, len(todo)) as bars:
             if n_jobs > 1:
-                _run_jobs(input_path, out_dir, models, options, n_jobs, todo, bars)
-                rows: dict[str, dict[str, Any]] = {}
-                for i in range(1, n_jobs + 1):
-                    rows |= read_manifest_rows(out_dir / manifest_name((i, n_jobs)))
-                _merge_job_rows(todo, rows, out_dir, models)
+                try:
+                    _run_jobs(input_path, out_dir, models, options, n_jobs, todo, bars)
+                finally:  # interrupted too: what the jobs finished is done
+                    rows: dict[str, dict[str, Any]] = {}
+                    for i in range(1, n_jobs + 1):
+                        rows |= read_manifest_rows(out_dir / manifest_name((i, n_jobs)))
+                    _merge_job_rows(todo, rows, out_dir, models)
             else:
                 def finished(rec: SeriesRecord) -> None:
                     write_manifest(out_dir, records, header, unreadable, options.shard)

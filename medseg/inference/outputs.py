@@ -13,6 +13,7 @@ import numpy as np
 
 from medseg.io.atomic import atomic_path, write_text_atomic
 from medseg.io.volume import Volume, box_copy, foreground_box, label_values_present
+from medseg.io.orientation import to_ras_view
 
 #: Display window (HU) of CT QA pictures: abdominal soft tissue.
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -132,17 +133,6 @@ def write_volumes_csv(rows: list[dict], path: str | os.PathLike[str]) -> Path:
     return write_text_atomic(path, buf.getvalue())
 
 
-def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder/flip the voxel axes so that i→Right, j→Anterior, k→Superior; also returns spacing."""
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    out = nib.orientations.apply_orientation(array, ornt)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    spacing = spacing[np.argsort(ornt[:, 0])]
-    return out, spacing
-
-
 def _display_window(image: np.ndarray, modality: str | None) -> tuple[float, float]:
     if (modality or "").upper() == "CT":
         return CT_WINDOW_HU
@@ -155,7 +145,7 @@ def _display_window(image: np.ndarray, modality: str | None) -> tuple[float, flo
 def qa_slices(
     labels: np.ndarray, affine: np.ndarray, n_axial: int = 3, values: list[int] | None = None
 ) -> tuple[list[int], int, list[int]]:
-    """The slices `write_qa_png` shows, in RAS index space (see `_to_ras`).
+    """The slices `write_qa_png` shows, in RAS index space (see `medseg.io.orientation.to_ras_view`).
 
     Returns:
         ``(axial k indices spread over the labelled extent, coronal j index at the median
@@ -207,8 +197,8 @@ def qa_panels(
         superior up; ``aspect`` = row spacing / column spacing), the label values present, and
         the uint8 RGB colour of each label value (row 0: background, unused).
     """
-    img, spacing = _to_ras(np.asarray(image.array), image.affine)  # views; slices are converted below
-    lab, _ = _to_ras(labels, image.affine)
+    img, spacing = to_ras_view(np.asarray(image.array), image.affine)  # views; slices are converted below
+    lab, _ = to_ras_view(labels, image.affine)
     vmin, vmax = _display_window(img, image.meta.get("modality"))
     ks, j_cor, present = qa_slices(labels, image.affine, n_axial, values)
     max_label = max(max(label_names, default=1), max(present, default=0), 1)

@@ -29,7 +29,7 @@ import numpy as np
 
 from medseg.errors import InputError
 from medseg.inference.memory import available_memory_bytes, estimate_memory_bytes
-from medseg.inference.model import LoadedModel
+from medseg.inference.loaded_model import LoadedModel
 from medseg.inference.options import InferenceOptions, autocast_dtype, window_settings
 from medseg.io.volume import Volume
 from medseg.resample import labels_on_grid, resample_image_linear, resample_probabilities
@@ -276,6 +276,14 @@ def prepare_input(
     options = options or InferenceOptions()
     if not models:
         raise InputError("segment_volume needs at least one model")
+    if any(m.task != "segmentation" for m in models):
+        from medseg.errors import CheckpointError
+
+        bad = next(m for m in models if m.task != "segmentation")
+        raise CheckpointError(
+            f"{bad.path}: a {bad.task!r} checkpoint cannot segment; apply it with `medseg enhance` "
+            "(medseg.inference.image.predict_image)"
+        )
     check_volume_for_models(volume, models, options)
     report = progress or (lambda stage, done, total: None)
     images: dict[str, tuple[Any, np.ndarray]] = {}

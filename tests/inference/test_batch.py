@@ -314,7 +314,7 @@ def _segment_until_first_series(tree: Path, out: Path, ckpt: Path, extra: list[s
          "--device", "cpu", "--overlap", "0", "--no-progress", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen,
     )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a shared 2-core machine: starting jobs can take a while
     children: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:
         children |= _children(proc.pid)
@@ -363,6 +363,52 @@ def test_resume_after_sigkill(tmp_path, sample, trained_ckpt, workers):
     if killed_mid_batch:
         assert len(done_before) < 4
     assert not list(out.rglob("*.part*")), "temp files of the killed run were not cleaned up"
+
+
+def _tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["--workers", "1"], ["--jobs", "2"]], ids=["workers", "jobs"])
+@pytest.mark.parametrize("moment", ["children_started", "children_plus_4s"])
+def test_sigkill_leaves_no_orphans_and_no_late_writes(tmp_path, sample, trained_ckpt, extra, moment):
+    """Kill -9 of `medseg segment` while its background or job processes work (as soon as they
+    exist, or a few seconds later): they die with it, nothing is written afterwards, and a
+    re-run finishes with a manifest that agrees with the done markers."""
+    vol = read_volume(sample("ct_small"))
+    tree = tmp_path / "in"
+    for n in range(4):
+        write_ct_series(vol, tree / f"p{n}", series_description=f"copy {n}", series_number=n + 1)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medseg", "segment", str(tree), str(out), "-m", str(trained_ckpt),
+         "--device", "cpu", "--overlap", "0", "--no-progress", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    children: set[int] = set()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not children:
+        children |= _children(proc.pid)
+        time.sleep(0.02)
+    if moment == "children_plus_4s":
+        end = time.monotonic() + 4
+        while time.monotonic() < end and proc.poll() is None:
+            children |= _children(proc.pid)
+            time.sleep(0.02)
+    assert children and proc.poll() is None, "the batch ended before its processes could be seen"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _assert_gone(children, "background processes outlived the killed batch")
+    before = _tree_state(out)
+    time.sleep(3)
+    assert _tree_state(out) == before, "files were written after the batch was killed"
+
+    result = segment_batch(tree, out, [trained_ckpt], FAST)
+    assert result.ok and result.n_done == 4
+    manifest = json.loads(result.manifest_path.read_text())
+    assert {r["stem"] for r in manifest["series"] if r["status"] == "done"} == {p.parent.name for p in out.glob(f"*/{DONE_MARKER}")}
+    assert not list(out.rglob("*.part*"))
 
 
 @pytest.mark.slow
