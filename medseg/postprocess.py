@@ -3,13 +3,11 @@
 Connected components come from ``cc3d`` (connected-components-3d, seung-lab's C++ labelling
 library: all labels in one multi-label pass) and holes from ``fill_voids`` (same authors).
 Written with them because they measured faster than the per-label ``scipy.ndimage.label``
-versions they replace: on the real 512×512×300 prediction of `benchmarks/bench_inference.py`
-0.42 s + 0.29 s in isolation (1.75 s in the benchmark's step, first-touch page faults
-included) vs 2.98 s for the step before (docs/benchmarks.md). The tests check both give the
-scipy definitions' result.
+versions they replace (`benchmarks/bench_inference.py`, docs/benchmarks.md). The tests check
+both give the scipy definitions' result.
 
 Both work on a copy of the box around the labels (`foreground_box`), not on the whole map:
-on the benchmark 0.31 s for both together (docs/benchmarks.md, inference "Third round").
+segmentations fill a small part of a CT.
 """
 
 from __future__ import annotations
@@ -72,7 +70,7 @@ def keep_largest_component(labels: np.ndarray, values: list[int] | None = None, 
             drop[cid] = True
     if drop.any():
         # a 1-D lookup over the components in memory order, reshaped in that order (boolean
-        # indexing walks C order: 4× slower on a Fortran-ordered map)
+        # indexing walks C order, against the memory order of a Fortran-ordered map)
         flat = drop[comp.ravel(order="K")]
         mask = flat.reshape(comp.shape, order="F" if comp.flags.f_contiguous and not comp.flags.c_contiguous else "C")
         np.copyto(region, 0, where=mask)

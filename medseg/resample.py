@@ -100,8 +100,8 @@ def resample_image_linear(
     Equal to ``grid_sample``/MONAI ``Spacingd`` (bilinear, border padding) on voxel centres, as
     three 1-D interpolations. Each runs along one source axis, slowest-varying first, on the
     array as it lies in memory (a DICOM volume is usually Fortran-ordered): no full-volume
-    transposing copy, which is most of what MONAI's resampling of a 512×512×300 CT costs
-    (``AffineTransform`` makes the input contiguous, 1.2 s, before a 0.1 s ``grid_sample``).
+    transposing copy, which is most of what MONAI's resampling of a big CT costs
+    (``AffineTransform`` makes the input contiguous before its ``grid_sample``; docs/benchmarks.md).
 
     Returns:
         float32 tensor of `dst_shape`, or None when the grids are not axis-aligned.
@@ -178,7 +178,7 @@ class _SlabSampler:
 
         if self._cells is None:
             # from the channels-last copy the cell shortcut gathers from anyway (the (Z', C, X', Y')
-            # one is then never made: one 4-D copy instead of two, −0.04 s on the benchmark map)
+            # one is then never made: one 4-D copy instead of two)
             src = self.channels_last()
             lab = torch.max(src, dim=3).indices.to(torch.uint8 if src.shape[3] < 256 else torch.int64)
             # the 8 corners (z|z+1, x|x+1, y|y+1), edges replicated like the clamped i1 of `axes`
@@ -216,7 +216,7 @@ class _SlabSampler:
 
 
 def _argmax_channels(part: Any) -> Any:
-    """argmax over dim 1 of ``(ks, C, X, Y)`` (``torch.max`` there is ~5× faster than ``argmax``)."""
+    """argmax over dim 1 of ``(ks, C, X, Y)`` (``torch.max`` there is much faster than ``argmax``, same indices)."""
     import torch
 
     return torch.max(part, dim=1).indices
@@ -233,13 +233,13 @@ def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int, xs: slice = slice(
 
     The slab comes out as a numpy array in ``(ks, Y, X)`` order, the memory order of a
     Fortran-ordered label map's z-slab, gathered with ``np.take`` (single uint8 gathers along
-    contiguous rows; torch's advanced indexing on inner dimensions was ~3× slower here).
+    contiguous rows; torch's advanced indexing on inner dimensions was slower here).
 
     Mixed cells are interpolated in-plane once per pair of source planes and then along z for
     each destination slice between them (two slices per pair when 1.5 mm slices meet a 3 mm
-    plan, more for thinner slices): 0.56 → 0.36 s for the benchmark's 512×512×300 map (median
-    of 6), where the 8 corners were gathered per destination voxel before. Trilinear either
-    way; the order of the float operations differs (1 voxel of 78.6 M changed, a tie).
+    plan, more for thinner slices), instead of gathering the 8 corners per destination voxel
+    (docs/benchmarks.md). Trilinear either way; the order of the float operations is fixed,
+    so the result does not depend on how the work is split.
     """
     import torch
 
@@ -253,7 +253,7 @@ def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int, xs: slice = slice(
     # corners are interpolated in-plane once per source plane pair, then along z per slice.
     uz, first, group = np.unique(zi, return_index=True, return_inverse=True)
     mixed = ~np.take(np.take(uniform[uz], yi, axis=1), xi, axis=2)  # (U, Y, X)
-    flat = np.flatnonzero(mixed)  # one index array: ~2× faster than np.nonzero's three
+    flat = np.flatnonzero(mixed)  # one index array instead of np.nonzero's three
     if flat.size:
         ny, nx = mixed.shape[1], mixed.shape[2]
         g, rest = np.divmod(flat, ny * nx)
@@ -269,7 +269,7 @@ def _labels_by_cells(sampler: _SlabSampler, k0: int, k1: int, xs: slice = slice(
         w01, w11 = ((1 - wxa) * wya)[:, None], (wxa * wya)[:, None]
 
         def in_plane(zp: Any) -> Any:  # (N, C) bilinear at source plane zp (per row)
-            # row gathers with index_select: 2× faster than advanced indexing with three index
+            # row gathers with index_select: faster than advanced indexing with three index
             # tensors, same values (same operations in the same order)
             base = zp * (nxs * nys)
             ra, rb = base + xa, base + xb
@@ -372,7 +372,7 @@ def labels_on_grid(
 
     dtype = np.uint8 if max(channel_values) < 256 else np.uint16
     # Fortran order, like the DICOM volume and NIfTI on disk: NIfTI writing, DICOM SEG frames,
-    # cc3d and the statistics then walk memory sequentially (NIfTI 0.12 s instead of 0.4 s)
+    # cc3d and the statistics then walk memory sequentially
     labels = np.zeros(dst_shape, dtype=dtype, order="F")
     lut_np = np.asarray(channel_values).astype(dtype)
     identity_lut = list(channel_values) == list(range(len(channel_values)))

@@ -73,10 +73,9 @@ def _labelled_voxels(labels: np.ndarray, image: np.ndarray, voxels_per_chunk: in
 
     Only the box around the labels is read, in memory order (Fortran for DICOM/NIfTI
     volumes: C-order boolean indexing of Fortran arrays walks memory with a 512×512-voxel
-    stride). Slabs of ~4 M voxels keep the temporaries small: `segment_batch` runs this in a
-    thread, and glibc gives a thread's large blocks back to the system when freed, so copies
-    of the whole box (~200 MB for the benchmark CT) were page-faulted in anew for every series
-    (0.07 s alone, 0.3-0.5 s in the pipeline; docs/benchmarks.md, inference "Eighth round").
+    stride). Slabs of ~4 M voxels keep the temporaries small: glibc may give large freed
+    blocks back to the system, and copies of the whole box (~200 MB for a big CT) were then
+    page-faulted in anew for every series (docs/benchmarks.md).
     """
     if not (labels.dtype.kind in "uib" and labels.ndim == 3 and image.shape[:3] == labels.shape):
         fortran = labels.flags.f_contiguous and image.flags.f_contiguous
@@ -102,8 +101,7 @@ def _integer_sums(labels: np.ndarray, values: np.ndarray, n: int, max_bins: int 
     """Per-label voxel count, sum and sum of squares of integer intensities, exactly.
 
     One joint (label, intensity) histogram, then sums over its intensity axis: one integer
-    `np.bincount` where the float path needs three, two of them weighted (0.14 → 0.09 s for
-    the benchmark CT's 7 M labelled voxels). None when the histogram would exceed `max_bins`.
+    `np.bincount` where the float path needs three, two of them weighted. None when the histogram would exceed `max_bins`.
 
     Returns:
         ``(counts, sums, sums_of_squares)``: lists of Python ints indexed by label value.
@@ -242,10 +240,9 @@ def write_qa_png(
     volume when nothing was found); a legend names the labels present. `values`: the label
     values present in `labels` when the caller knows them (saves counting them again).
 
-    Drawn with Pillow, not matplotlib: 0.15 → 0.08 s a picture on the benchmark's series
-    (docs/benchmarks.md, inference "Eighth round"), and Pillow's resizing and PNG encoding
-    release the GIL, which matters because `segment_batch` writes this picture in a thread
-    beside the DICOM SEG (matplotlib's Python work stretched the SEG and itself: 0.36 s).
+    Drawn with Pillow, not matplotlib: about twice as fast (docs/benchmarks.md), and
+    Pillow's resizing and PNG encoding release the GIL, so the picture does not stall other
+    Python work of the process.
     """
     from PIL import Image, ImageDraw
 

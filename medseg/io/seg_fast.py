@@ -17,13 +17,13 @@ A BINARY DICOM SEG of a 300-slice CT with 4 segments has ~1200 frames, and each 
 own Per-Frame Functional Groups item (source image reference, derivation codes, plane
 position, dimension index, segment number): ~24 000 data elements. pydicom's writer encodes
 them one by one through its generic path (ambiguous-VR checks, charset lookups, a buffer per
-element): 0.8 s of the 1.6 s `write_dicom_seg` took on the 512×512×300 benchmark.
+element): about half of `write_dicom_seg`'s time on a big series (docs/benchmarks.md).
 
 Most of those elements repeat the same value in every frame (SOP Class UID, codes, segment
 numbers), the rest take one of a few hundred values (one per source slice). `pre_encode_sequence`
 encodes each distinct leaf element once **with pydicom's own `write_data_element`** and
 assembles items and sequences from those bytes; an item object that highdicom puts in several
-frames is encoded once (0.11 → 0.08 s for the benchmark's 1200 frames, median of 6). It then
+frames is encoded once. It then
 hands the sequence to pydicom as a raw element, which pydicom writes as it is
 (``Dataset.set_original_encoding`` exists for this). The
 bytes are those pydicom writes itself (tests compare whole files); anything unusual (an
