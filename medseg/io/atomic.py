@@ -79,3 +79,35 @@ def write_json_atomic(target: str | os.PathLike[str], obj: Any, indent: int = 2)
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
     return write_text_atomic(target, json.dumps(obj, indent=indent, default=_default) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary folder next to `target`; it becomes `target` when the block succeeds.
+
+    For outputs made of many files (a DICOM series): an interrupted write leaves no half
+    folder under the target's name, only a hidden ``.<name>.part-*`` folder that is removed
+    when the block raises. An existing `target` is replaced: it is renamed aside, the new
+    folder renamed in, then the old one deleted (a reader sees the old or the new series).
+
+    Args:
+        target: the final folder. Its parent is created if needed.
+    """
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.part-", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -25,6 +25,15 @@ def build_model(model_cfg: dict[str, Any]) -> nn.Module:
 
     from medseg.config.schema import ModelConfig
     from medseg.errors import ConfigError
+    from medseg.models.image_nets import IMAGE_NETWORKS
+
+    name = dict(model_cfg).get("name")
+    if name in IMAGE_NETWORKS:
+        kwargs = {k: v for k, v in dict(model_cfg).items() if k != "name"}
+        try:
+            return IMAGE_NETWORKS[name](**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid model config for {name!r}: {exc}") from None
 
     try:
         cfg = ModelConfig.model_validate(dict(model_cfg))
