@@ -261,7 +261,8 @@ def run_pipeline(
                 rec, fut, t0 = exports.popleft()
                 try:
                     result = fut.result()
-                    rec.uncertainty = dict(result.get("uncertainty") or {})
+                    rec.uncertainty = result.get("uncertainty")
+                    rec.label_uncertainty = dict(result.get("label_uncertainty") or {})
                     rec.status, rec.reason, rec.outputs = "done", "", dict(result["outputs"])
                     rec.seconds = round(time.perf_counter() - t0, 3)
                     write_done_marker(out_dir / rec.stem, rec, models, result)
@@ -373,7 +374,7 @@ def _merge_job_rows(todo: list[SeriesRecord], rows: dict[str, dict[str, Any]], o
         row = rows.get(rec.key)
         if row is None:
             continue
-        for name in ("status", "reason", "seconds", "n_slices", "modality", "warnings", "uncertainty", "outputs"):
+        for name in ("status", "reason", "seconds", "n_slices", "modality", "warnings", "uncertainty", "label_uncertainty", "outputs"):
             if name in row:
                 setattr(rec, name, row[name])
         if rec.status == "done" and is_done(out_dir / rec.stem, models) is None:

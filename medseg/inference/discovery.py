@@ -16,10 +16,10 @@ if TYPE_CHECKING:
     from medseg.inference.model import LoadedModel
     from medseg.inference.options import BatchOptions
 
-#: manifest columns (CSV), in order; the JSON rows also carry ``outputs`` and ``uncertainty``
+#: manifest columns (CSV), in order; the JSON rows also carry ``outputs`` and ``label_uncertainty``
 MANIFEST_FIELDS = [
     "status", "stem", "kind", "modality", "series_description", "series_number", "n_slices",
-    "seconds", "previous_run", "reason", "warnings", "key", "source",
+    "seconds", "previous_run", "reason", "warnings", "uncertainty", "key", "source",
 ]
 
 
@@ -40,7 +40,8 @@ class SeriesRecord:
     previous_run: bool = False
     seconds: float | None = None
     warnings: list[str] = field(default_factory=list)  # from the reader (`Volume.meta["warnings"]`)
-    uncertainty: dict[str, float] = field(default_factory=dict)  # label name → score (segmentation)
+    uncertainty: float | None = None  # segmentation: the series' score (review first when high)
+    label_uncertainty: dict[str, float] = field(default_factory=dict)  # label name → score
     outputs: dict[str, str] = field(default_factory=dict)
     series: Any = field(default=None, repr=False, compare=False)  # DicomSeries, not serialised
 
@@ -49,7 +50,7 @@ class SeriesRecord:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "series"}
         d["outputs"] = dict(self.outputs)
         d["warnings"] = list(self.warnings)
-        d["uncertainty"] = dict(self.uncertainty)
+        d["label_uncertainty"] = dict(self.label_uncertainty)
         return d
 
 

@@ -48,7 +48,8 @@ def resume_from_markers(records: list[SeriesRecord], out_dir: Path, models: list
         r.seconds = prev.get("seconds")
         r.n_slices = r.n_slices or prev.get("n_slices")
         r.warnings = list(prev.get("warnings") or [])
-        r.uncertainty = dict(info.get("uncertainty") or {})
+        r.uncertainty = prev.get("uncertainty")
+        r.label_uncertainty = dict(prev.get("label_uncertainty") or {})
     return todo
 
 
@@ -65,11 +66,11 @@ def write_manifest(
     rows = [r.to_dict() for r in records]
     write_json_atomic(path, {**header, "updated": now_utc(), "counts": counts, "series": rows, "unreadable_files": unreadable})
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS + ["uncertainty"], lineterminator="\n", extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS + ["label_uncertainty"], lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for row in rows:
         w.writerow(row | {"warnings": "; ".join(row["warnings"]),
-                          "uncertainty": "; ".join(f"{k}={v:.4g}" for k, v in row["uncertainty"].items())})
+                          "label_uncertainty": "; ".join(f"{k}={v:.4g}" for k, v in row["label_uncertainty"].items())})
     write_text_atomic(path.with_suffix(".csv"), buf.getvalue())
     return path
 

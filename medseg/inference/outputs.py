@@ -121,9 +121,10 @@ def _integer_sums(labels: np.ndarray, values: np.ndarray, n: int, max_bins: int 
 
 
 def write_volumes_csv(rows: list[dict], path: str | os.PathLike[str]) -> Path:
-    """Write `label_statistics` rows to a CSV file atomically."""
+    """Write `label_statistics` rows to a CSV file atomically (``uncertainty``: the label's
+    score when the row has one, `medseg.inference.uncertainty.LabelUncertainty.score`)."""
     buf = io.StringIO()
-    fields = ["label", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity"]
+    fields = ["label", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity", "uncertainty"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:

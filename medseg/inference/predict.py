@@ -130,6 +130,7 @@ def predict_probabilities(
     image: Any,
     options: InferenceOptions,
     on_window: Callable[[], None] | None = None,
+    on_member: Callable[[Any], None] | None = None,
 ) -> Any:
     """Softmax probabilities of `model` on a preprocessed image by sliding-window inference.
 
@@ -138,6 +139,8 @@ def predict_probabilities(
         image: float tensor ``(1, 1, X, Y, Z)`` on the CPU (from `preprocess_for_model`).
         options: window size/overlap/batch, AMP and TTA settings.
         on_window: called after every forward pass (progress).
+        on_member: called with each TTA member's probabilities ``(C, X, Y, Z)`` before they
+            are averaged (uncertainty: the members' own entropies); must not modify them.
 
     Returns:
         float32 CPU tensor ``(C, X, Y, Z)`` (C = background + labels), averaged over TTA flips.
@@ -191,6 +194,8 @@ def predict_probabilities(
             if dims:
                 probs = probs.flip(dims)
             probs = probs[0].float().cpu()
+            if on_member is not None:
+                on_member(probs)
             acc = probs if acc is None else acc.add_(probs)
     if len(flips) > 1:
         acc /= len(flips)
@@ -301,18 +306,38 @@ def prepare_input(
     return PreparedInput(images, keys)
 
 
+@dataclass
+class NetworkResult:
+    """What the network stage gives the export stage for one volume (`run_models`).
+
+    Attributes:
+        probabilities: float32 CPU tensor ``(C, X, Y, Z)``: the mean over TTA flips and ensemble
+            members, on the first model's preprocessed grid.
+        affine: that grid's voxel→RAS affine.
+        expected_entropy: with several members (TTA flips, ensemble models), the mean of their
+            own normalised entropies ``(X, Y, Z)`` (`medseg.inference.uncertainty`), from which
+            their disagreement (mutual information) follows; None with one member.
+    """
+
+    probabilities: Any
+    affine: np.ndarray
+    expected_entropy: Any = None
+
+
 def run_models(
     prepared: PreparedInput,
     models: list[LoadedModel],
     options: InferenceOptions | None = None,
     progress: ProgressFn | None = None,
-) -> tuple[Any, np.ndarray]:
+) -> NetworkResult:
     """Steps 2–3 of `segment_volume`: sliding window (+TTA) per model, ensemble average.
 
-    Returns:
-        ``(probabilities, affine)``: float32 CPU tensor ``(C, X, Y, Z)`` on the first model's
-        preprocessed grid, and that grid's voxel→RAS affine.
+    With several members (TTA flips, ensemble models) their own entropies are summed as they
+    come (one map; the uncertainty scores need it), the only uncertainty work done here: the
+    rest runs in the export stage.
     """
+    from medseg.inference.uncertainty import normalised_entropy
+
     options = options or InferenceOptions()
     report = progress or (lambda stage, done, total: None)
     totals = []
@@ -330,34 +355,51 @@ def run_models(
     ref_key = prepared.plan_keys[0]
     ref_affine = prepared.images[ref_key][1]
     ref_shape = tuple(prepared.images[ref_key][0].shape[2:])
+    n_members = len(models) * len(_tta_flips(options.tta))
+    entropy_sum: list[Any] = [None]
     acc = None
     for m, key in zip(models, prepared.plan_keys):
         img, aff = prepared.images[key]
-        probs = predict_probabilities(m, img, options, on_window)
+
+        def on_member(p: Any, aff: np.ndarray = aff, key: str = key) -> None:
+            if key != ref_key:
+                p = resample_probabilities(p, aff, ref_affine, ref_shape)
+            h = normalised_entropy(p)
+            entropy_sum[0] = h if entropy_sum[0] is None else entropy_sum[0].add_(h)
+
+        probs = predict_probabilities(m, img, options, on_window, on_member if n_members > 1 else None)
         if key != ref_key:
             probs = resample_probabilities(probs, aff, ref_affine, ref_shape)
         acc = probs if acc is None else acc.add_(probs)
     if len(models) > 1:
         acc /= len(models)
     report("infer", total, total)
-    return acc, ref_affine
+    expected = entropy_sum[0] / n_members if entropy_sum[0] is not None else None
+    return NetworkResult(acc, ref_affine, expected)
 
 
 def finish_segmentation(
     volume: Volume,
-    probabilities: Any,
-    affine: np.ndarray,
+    network: NetworkResult,
     models: list[LoadedModel],
     options: InferenceOptions | None = None,
     progress: ProgressFn | None = None,
 ) -> Volume:
-    """Steps 4–5 of `segment_volume`: labels on `volume`'s grid, then post-processing.
+    """Steps 4–5 of `segment_volume`: labels on `volume`'s grid, post-processing, uncertainty.
 
-    Needs no network (`segment_batch` runs it in a worker process). `probabilities` and
-    `affine` come from `run_models`; `probabilities` is not modified.
+    Needs no network (`segment_batch` runs it in the export stage). `network` comes from
+    `run_models`; its probabilities are not modified.
+
+    The result's meta carries ``uncertainty_scores`` (label name → the label's boundary
+    entropy, `medseg.inference.uncertainty.LabelUncertainty.score`), ``uncertainty_labels``
+    (their full records), ``uncertainty_series`` (`series_score`) and, with
+    ``options.uncertainty``, ``uncertainty``: the normalised entropy map on `volume`'s grid.
     """
+    from medseg.inference.uncertainty import label_scores, normalised_entropy, series_score
+
     options = options or InferenceOptions()
     report = progress or (lambda stage, done, total: None)
+    probabilities, affine = network.probabilities, network.affine
     labels, probs_orig = labels_on_grid(
         probabilities,
         affine,
@@ -369,7 +411,7 @@ def finish_segmentation(
     )
     if options.largest_component or options.fill_holes:
         report("postprocess", 0, 1)
-        from medseg.inference.postprocess import fill_holes, keep_largest_component
+        from medseg.postprocess import fill_holes, keep_largest_component
 
         if options.largest_component:
             only = list(options.largest_component_labels) if options.largest_component_labels is not None else None
@@ -378,16 +420,36 @@ def finish_segmentation(
             labels = fill_holes(labels, in_place=True)
         report("postprocess", 1, 1)
 
+    entropy = normalised_entropy(probabilities)
+    mutual_info = (entropy - network.expected_entropy).clamp_(min=0.0) if network.expected_entropy is not None else None
+    scores = label_scores(probabilities, models[0].channel_values, entropy=entropy, mutual_info=mutual_info)
+    names = dict(models[0].labels)
     meta = {
         "kind": "labels",
-        "label_names": dict(models[0].labels),
+        "label_names": names,
         "models": [{"path": str(m.path), "fingerprint": m.fingerprint} for m in models],
         "inference_options": {k: v for k, v in options.__dict__.items()},
+        "uncertainty_scores": {names.get(v, f"label {v}"): round(s.score, 6) for v, s in sorted(scores.items())},
+        "uncertainty_labels": {names.get(v, f"label {v}"): s.as_dict() for v, s in sorted(scores.items())},
+        "uncertainty_series": round(series_score(scores), 6),
     }
     result = Volume(labels, volume.affine.copy(), {**_source_meta(volume), **meta})
     if probs_orig is not None:
         result.meta["probabilities"] = probs_orig
+    if options.uncertainty:
+        result.meta["uncertainty"] = map_on_grid(entropy, affine, volume.affine, volume.shape)
     return result
+
+
+def map_on_grid(values: Any, src_affine: np.ndarray, dst_affine: np.ndarray, dst_shape: tuple[int, int, int]) -> np.ndarray:
+    """A voxel map ``(X', Y', Z')`` in [0, 1] (an uncertainty map) resampled trilinearly onto
+    another grid, 0 outside the source grid; float32 ``dst_shape``.
+
+    The one resampler of probabilities (`resample_probabilities`) is used on ``1 - values``
+    as a single "background" channel, which it sets to 1 outside the source grid: 0 there.
+    """
+    out = resample_probabilities((1.0 - values.float())[None], src_affine, dst_affine, dst_shape)
+    return np.asfortranarray((1.0 - out[0]).numpy().astype(np.float32))
 
 
 def segment_volume(
@@ -410,7 +472,8 @@ def segment_volume(
     Returns:
         A `Volume` with the same affine and shape as `volume`, integer labels (uint8, uint16 for
         values above 255), ``meta["label_names"]`` (value → name), ``meta["models"]``
-        (checkpoint fingerprints) and, if asked, ``meta["probabilities"]`` (float32 ``(X, Y, Z, C)``).
+        (checkpoint fingerprints), uncertainty scores (`finish_segmentation`) and, if asked,
+        ``meta["probabilities"]`` (float32 ``(X, Y, Z, C)``) and ``meta["uncertainty"]``.
 
     Raises:
         InputError: not 3-D, modality mismatch, or more memory needed than available.
@@ -421,9 +484,9 @@ def segment_volume(
     """
     options = options or InferenceOptions()
     prepared = prepare_input(volume, models, options, progress)
-    probs, affine = run_models(prepared, models, options, progress)
+    network = run_models(prepared, models, options, progress)
     del prepared
-    return finish_segmentation(volume, probs, affine, models, options, progress)
+    return finish_segmentation(volume, network, models, options, progress)
 
 
 def _source_meta(volume: Volume) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def write_done_marker(
 
     Args:
         result: what the export stage returned: ``outputs`` (kind → file name), ``volumes``
-            (label statistics, segmentation), ``uncertainty``, ``timings``.
+            (label statistics, segmentation), ``uncertainty_labels``, ``timings``.
     """
     outputs = dict(result.get("outputs", {}))
     return write_json_atomic(
@@ -113,7 +113,7 @@ def write_done_marker(
             "models": [str(m.path) for m in models],
             "labels": {str(k): v for k, v in models[0].labels.items()},
             "volumes": result.get("volumes", []),
-            "uncertainty": result.get("uncertainty", {}),
+            "uncertainty": result.get("uncertainty_labels", {}),
             "timings": result.get("timings", {}),
             "finished": now_utc(),
         },

@@ -84,12 +84,13 @@ def export_stage(
     """Put the network's result for one series on its original grid and write its outputs.
 
     Args:
-        network_output: segmentation: ``(probabilities, affine)`` from `run_models`; image
+        network_output: segmentation: the `NetworkResult` of `run_models`; image
             tasks: the output image (a `ShippedVolume` on the source grid).
 
     Returns:
-        ``{"outputs": kind → file name, "volumes": label statistics, "uncertainty": label
-        name → score, "timings": {...}}`` (the completion marker is the batch's to write).
+        ``{"outputs": kind → file name, "volumes": label statistics, "uncertainty": the series'
+        score, "label_uncertainty": label name → score, "uncertainty_labels": their records,
+        "timings": {...}}`` (the completion marker is the batch's to write).
     """
     t0 = time.perf_counter()
     source = volume.unpack()
@@ -97,9 +98,7 @@ def export_stage(
     if task == "segmentation":
         from medseg.inference.predict import finish_segmentation
 
-        probs, affine = network_output
-        result = finish_segmentation(source, probs, affine, models, options.inference)
-        del probs
+        result = finish_segmentation(source, network_output, models, options.inference)
     else:
         result = network_output.unpack()
     t1 = time.perf_counter()
@@ -108,6 +107,8 @@ def export_stage(
     return {
         "outputs": outputs,
         "volumes": ctx.stats,
-        "uncertainty": dict(result.meta.get("uncertainty_scores") or {}),
+        "uncertainty": result.meta.get("uncertainty_series"),
+        "label_uncertainty": dict(result.meta.get("uncertainty_scores") or {}),
+        "uncertainty_labels": dict(result.meta.get("uncertainty_labels") or {}),
         "timings": {"to_grid_s": round(t1 - t0, 3), "write_s": round(time.perf_counter() - t1, 3)},
     }

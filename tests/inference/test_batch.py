@@ -90,7 +90,7 @@ def test_every_series_is_reported(batch):
     assert done.series is not None
     row = done.to_dict()
     assert "series" not in row and row["outputs"] == done.outputs and row["outputs"] is not done.outputs
-    assert set(row) == set(MANIFEST_FIELDS) | {"outputs", "uncertainty"}
+    assert set(row) == set(MANIFEST_FIELDS) | {"outputs", "label_uncertainty"}
 
 
 @pytest.mark.parametrize("part", ["CT_abdomen", "CT_3mm"])
