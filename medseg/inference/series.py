@@ -88,7 +88,7 @@ def is_done(series_dir: Path, models: list[LoadedModel]) -> dict[str, Any] | Non
     if sorted(info.get("model_fingerprints", [])) != sorted(m.fingerprint for m in models):
         log.info("%s: finished by other checkpoints; processing it again", series_dir.name)
         return None
-    if not all((series_dir / name).is_file() for name in info.get("outputs", {}).values()):
+    if not all((series_dir / name).exists() for name in info.get("outputs", {}).values()):  # files, or a DICOM folder
         return None
     return info
 
