@@ -260,7 +260,8 @@ def main() -> None:
     from medseg.inference import BatchOptions, InferenceOptions, load_models, segment_batch
     from medseg.inference.outputs import label_statistics, write_qa_png, write_volumes_csv
     from medseg.inference.postprocess import fill_holes, keep_largest_component
-    from medseg.inference.predict import count_windows, labels_on_grid, predict_probabilities, preprocess_for_model
+    from medseg.inference.predict import count_windows, predict_probabilities, preprocess_for_model
+    from medseg.resample import labels_on_grid
     from medseg.io import Volume, write_nifti
     from medseg.io.dicom import read_dicom_series
     from medseg.io.seg import write_dicom_seg
@@ -433,7 +434,8 @@ def main() -> None:
         results["channels_last_3d"] = run(lambda inp: net_cl(inp.to(memory_format=torch.channels_last_3d)))
         net.to(memory_format=torch.contiguous_format)
     from medseg import sample_data
-    from medseg.inference.export import OnnxNetwork, compare_with_float, export_model
+    from medseg.inference.export import compare_with_float, export_model
+    from medseg.inference.exported import OnnxNetwork
 
     real_ct = read_dicom_series(sample_data.path("ct_dicom"))
     agreement = {}

@@ -9,9 +9,8 @@ With ``M_MMAP_MAX = 0`` large blocks come from the heap instead, and with a high
 a batch) reuses pages that are already mapped. This is the effect PyTorch's CPU performance
 guides get by preloading jemalloc or tcmalloc, without a native library to install.
 
-Measured on the 2-core CI machine (docs/benchmarks.md, inference "Third round"): a training step of
-the abdomen workflow 1549 → 945 ms, the 512×512×300 sliding window 8.4 → 4.7 s, kernel time of
-the training benchmark 11.3 → 1.4 s. The cost: the process keeps its peak memory until it exits
+It makes CPU training steps and sliding windows markedly faster (figures in
+docs/benchmarks.md, "Figures behind the code's choices"). The cost: the process keeps its peak memory until it exits
 (what it needed once, it will need again for the next step or series), so the CLI turns it on
 and long-lived interactive processes (the napari plugin) do not.
 
@@ -62,6 +61,11 @@ def keep_freed_memory() -> bool:
     return active
 
 
+def keep_freed_memory_active() -> bool:
+    """Whether `keep_freed_memory` is active in this process (background processes follow it)."""
+    return bool(_state.get("active", False))
+
+
 _gc_lock = threading.Lock()
 _gc_pauses = [0, False]  # active pauses, whether gc was enabled before the first
 
@@ -71,8 +75,8 @@ def gc_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector while building many small objects.
 
     Building a DICOM SEG creates ~100 000 pydicom objects; the collector's passes over them
-    (and over everything torch and numpy hold) made `write_dicom_seg` take 0.95-1.3 s instead of
-    a steady 0.95 s on the benchmark series. Nested and multi-threaded use is safe: the
+    (and over everything torch and numpy hold) made `write_dicom_seg`'s time vary by a third
+    (docs/benchmarks.md). Nested and multi-threaded use is safe: the
     collector is re-enabled (if it was enabled) when the last pause ends.
     """
     with _gc_lock:

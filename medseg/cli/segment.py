@@ -30,23 +30,23 @@ def register(app: typer.Typer) -> None:
         series_regex: str = typer.Option(None, help="Only series whose SeriesDescription matches (case-insensitive)."),
         min_slices: int = typer.Option(1, min=1, help="Skip series with fewer slices."),
         dicom_seg: bool = typer.Option(True, "--dicom-seg/--no-dicom-seg", help="Write DICOM SEG for DICOM input."),
+        seg_type: str = typer.Option("binary", help="binary | labelmap: DICOM SEG type (labelmap: one frame per slice, much smaller)."),
+        rtstruct: bool = typer.Option(False, "--rtstruct", help="Also write a DICOM RTSTRUCT for DICOM input."),
+        uncertainty: bool = typer.Option(False, "--uncertainty", help="Write the uncertainty map (NIfTI); scores go to the manifest."),
         qa: bool = typer.Option(True, "--qa/--no-qa", help="Write the QA PNG."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Redo series finished by a previous run."),
         shard: str = typer.Option(None, help="i/N: process only shard i of N (1-based, stable by series UID)."),
-        amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision (float16) on CUDA."),
         precision: str = typer.Option(
-            "auto", help="auto | fp32 | bf16. bf16 autocast is ~2-3x faster on CPUs with native bf16 (AVX512-BF16, AMX)."
+            "auto", help="auto | fp32 | fp16 | bf16 (auto: fp16 on CUDA, fp32 on CPU; bf16 is fast on CPUs with native bf16)."
         ),
         threads: int = typer.Option(None, min=1, help="CPU threads for torch (default: torch's)."),
         workers: int = typer.Option(
             None, min=0,
-            help="Worker processes that read/preprocess and post-process/write series beside the network "
-            "(default: 0 below 4 CPUs, else 1; 2 with a GPU and 8+ CPUs). 0 = one series after the other.",
+            help="Background processes that read/preprocess series ahead of the network, and as many that "
+            "resample and write them (default: 0 below 4 CPUs, else 1; 2 with a GPU and 8+ CPUs). Outputs do not depend on it.",
         ),
         jobs: int = typer.Option(
-            None, min=1,
-            help="Series segmented at once on CPU, each in its own process with its share of the cores "
-            "(default: 2 on 2-3 CPU cores for 6+ series, else 1); replaces --workers.",
+            1, min=1, help="Run the batch as N independent shard processes (shards 1/N … N/N), manifests merged.",
         ),
         max_memory_gb: float = typer.Option(None, help="Refuse series estimated to need more memory (default: 90% of free)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
@@ -56,26 +56,19 @@ def register(app: typer.Typer) -> None:
         Resumable: re-running the same command skips finished series. Exit code 1 when any
         series failed (the others are still written; see OUTDIR/segment.json).
         """
-        from rich.console import Console
-        from rich.table import Table
-
         from medseg.inference import BatchOptions, InferenceOptions, parse_shard, segment_batch
 
-        if threads:
-            import torch
-
-            torch.set_num_threads(threads)
         inf = InferenceOptions(
             device=device,
             overlap=overlap,
             sw_batch_size=sw_batch_size,
-            amp=amp,
             precision=precision,
             tta=tta,
             largest_component=largest_component,
             largest_component_labels=_int_list(lcc_labels) if lcc_labels else None,
             fill_holes=fill_holes,
             probabilities=probabilities,
+            uncertainty=uncertainty,
             spacing_mm=tuple(spacing) if spacing else None,
             max_memory_gb=max_memory_gb,
         )
@@ -85,34 +78,49 @@ def register(app: typer.Typer) -> None:
             series_regex=series_regex,
             min_slices=min_slices,
             dicom_seg=dicom_seg,
+            seg_type=seg_type,
+            rtstruct=rtstruct,
             qa_png=qa,
             overwrite=overwrite,
             shard=parse_shard(shard) if shard else None,
             workers=workers,
             jobs=jobs,
+            threads=threads,
             progress=progress,
         )
         result = segment_batch(input_path, out_dir, model, opts)
 
-        console = Console()
-        table = Table(title=f"medseg segment → {out_dir}", show_lines=False)
-        for col in ("series", "modality", "slices", "status", "s", "detail"):
-            table.add_column(col, overflow="fold")
-        colour = {"done": "green", "skipped": "yellow", "failed": "bold red", "pending": "dim"}
-        for r in result.records:
-            detail = r.reason or ("previous run" if r.previous_run else ", ".join(r.outputs.values()))
-            table.add_row(
-                r.stem, r.modality or "-", str(r.n_slices or "-"), f"[{colour.get(r.status, '')}]{r.status}[/]",
-                f"{r.seconds:.1f}" if r.seconds is not None else "-", detail,
-            )
-        console.print(table)
-        console.print(
-            f"{result.n_done} done, {result.n_skipped} skipped, {result.n_failed} failed"
-            + (f", {len(result.unreadable_files)} unreadable files" if result.unreadable_files else "")
-            + f" — manifest: {result.manifest_path}"
+        print_batch_result(result, f"medseg segment → {out_dir}")
+
+
+def print_batch_result(result: object, title: str) -> None:
+    """The batch's table (values from files printed literally) and its exit code 1 on any failure."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medseg.terminal import literal
+
+    console = Console()
+    table = Table(title=literal(title), show_lines=False)
+    for col in ("series", "modality", "slices", "status", "s", "detail"):
+        table.add_column(col, overflow="fold")
+    colour = {"done": "green", "skipped": "yellow", "failed": "bold red", "pending": "dim"}
+    for r in result.records:  # type: ignore[attr-defined]
+        detail = r.reason or ("previous run" if r.previous_run else ", ".join(r.outputs.values()))
+        if r.warnings:
+            detail += " (warnings: " + "; ".join(r.warnings) + ")"
+        table.add_row(
+            literal(r.stem), literal(r.modality or "-"), str(r.n_slices or "-"), f"[{colour.get(r.status, '')}]{r.status}[/]",
+            f"{r.seconds:.1f}" if r.seconds is not None else "-", literal(detail),
         )
-        if not result.ok:
-            raise typer.Exit(code=1)
+    console.print(table)
+    console.print(
+        f"{result.n_done} done, {result.n_skipped} skipped, {result.n_failed} failed"  # type: ignore[attr-defined]
+        + (f", {len(result.unreadable_files)} unreadable files" if result.unreadable_files else "")  # type: ignore[attr-defined]
+        + f" — manifest: {literal(result.manifest_path)}"  # type: ignore[attr-defined]
+    )
+    if not result.ok:  # type: ignore[attr-defined]
+        raise typer.Exit(code=1)
 
 
 def _int_list(text: str) -> tuple[int, ...]:

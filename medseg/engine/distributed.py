@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from medseg.device import resolve_device
 from medseg.errors import MedsegError
 
 
@@ -38,19 +39,6 @@ class DistContext:
     def distributed(self) -> bool:
         """True when more than one process trains."""
         return self.world_size > 1
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` → this process's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MedsegError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
-        return torch.device("cuda", local_rank if device == "cuda" else torch.device(device).index or 0)
-    if device != "cpu":
-        raise MedsegError(f"--device {device!r}: expected auto, cpu or cuda")
-    return torch.device("cpu")
 
 
 def init_distributed(device: str) -> DistContext:

@@ -1,9 +1,10 @@
 """Validation: sliding-window inference on whole volumes, metrics on each case's native grid.
 
 The prediction is made on the preprocessed grid (RAS, workflow spacing), its class
-probabilities are resampled by world coordinates onto the label's original grid (MONAI
-``ResampleToMatch``), and Dice/HD95 (all of `medseg.metrics.evaluate_case`) are computed
-there, so the numbers are those a user would measure on the original scan.
+probabilities are resampled by world coordinates onto the label's original grid by the
+resampler `medseg segment` uses (`medseg.resample.labels_on_grid`), and Dice/HD95 (all of
+`medseg.metrics.evaluate_case`) are computed there: validation scores exactly the label map
+`segment` would write, and the numbers are those a user would measure on the original scan.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
-from monai.transforms import ResampleToMatch
 from torch import nn
 
 from medseg.metrics import evaluate_case
+from medseg.postprocess import keep_largest_component
+from medseg.resample import labels_on_grid
 
 
 def predict_native(
@@ -37,10 +39,10 @@ def predict_native(
         )
     if isinstance(logits, MetaTensor):
         logits = logits.as_tensor()
-    probs = MetaTensor(torch.softmax(logits.float(), dim=1)[0].cpu(), affine=torch.tensor(np.asarray(image.affine), dtype=torch.float64))
-    target = MetaTensor(torch.zeros((1, *native_shape)), affine=torch.as_tensor(native_affine, dtype=torch.float64))
-    native = ResampleToMatch(mode="bilinear", padding_mode="zeros")(probs, img_dst=target)
-    return torch.argmax(torch.as_tensor(native), dim=0).numpy().astype(np.uint8)
+    probs = torch.softmax(logits.float(), dim=1)[0].cpu()
+    labels, _ = labels_on_grid(probs, np.asarray(image.affine, dtype=np.float64), np.asarray(native_affine, dtype=np.float64),
+                               tuple(int(n) for n in native_shape), list(range(probs.shape[0])))
+    return np.ascontiguousarray(labels, dtype=np.uint8)
 
 
 def validate(
@@ -68,9 +70,6 @@ def validate(
             affine = np.asarray(item["native_affine"])
             pred = predict_native(model, item["image"], affine, gt.shape, roi_size, overlap, sw_batch_size, device, autocast_dtype)
             if largest_component:
-                # the same function inference uses (imported here: inference sits above the engine)
-                from medseg.inference.postprocess import keep_largest_component
-
                 pred = keep_largest_component(pred, list(largest_component))
             spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
             for row in evaluate_case(gt, pred, spacing, labels=class_names):

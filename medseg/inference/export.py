@@ -13,7 +13,6 @@ measure its speed and Dice change on real data before relying on it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -23,19 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import CheckpointError, InputError
-from medseg.inference.model import LoadedModel, file_fingerprint, load_model
+from medseg.errors import InputError
+from medseg.inference.exported import sidecar_path
+from medseg.inference.loaded_model import LoadedModel
+from medseg.inference.model import load_model
+from medseg.metrics import dice as dice_score
 from medseg.io.atomic import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "onnx")
 SUFFIX = {"torchscript": ".ts", "onnx": ".onnx"}
-
-
-def sidecar_path(path: str | os.PathLike[str]) -> Path:
-    """``model.onnx`` → ``model.onnx.json`` (labels, plan, inference defaults)."""
-    return Path(f"{path}.json")
 
 
 def export_model(
@@ -178,104 +175,6 @@ def _export_onnx(net: Any, example: Any, out_path: Path, quantize: str | None, o
             float_path.unlink(missing_ok=True)
 
 
-class FixedBatchNetwork:
-    """Run a fixed-batch network on any batch: zero-pad a smaller batch, split a larger one."""
-
-    def __init__(self, fn: Any, batch: int) -> None:
-        self.fn, self.batch = fn, int(batch)
-
-    def __call__(self, x: Any) -> Any:
-        import torch
-
-        n = x.shape[0]
-        outs = []
-        for start in range(0, n, self.batch):
-            part = x[start : start + self.batch]
-            k = part.shape[0]
-            if k < self.batch:
-                part = torch.cat([part, part.new_zeros((self.batch - k, *part.shape[1:]))])
-            outs.append(self.fn(part)[:k])
-        return outs[0] if len(outs) == 1 else torch.cat(outs)
-
-    def eval(self) -> FixedBatchNetwork:
-        return self
-
-    def to(self, *args: Any, **kwargs: Any) -> FixedBatchNetwork:
-        return self
-
-
-class OnnxNetwork(FixedBatchNetwork):
-    """An ONNX Runtime session behind the ``network(x) -> logits`` call inference uses."""
-
-    def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
-        super().__init__(self._run, batch)
-
-    def _run(self, x: Any) -> Any:
-        import torch
-
-        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
-        return torch.from_numpy(out)
-
-
-
-def load_exported(path: str | os.PathLike[str], device: Any = "cpu") -> LoadedModel:
-    """Load an exported ``.onnx`` / ``.ts`` file with its sidecar JSON as a `LoadedModel`.
-
-    ONNX models run on the CPU (ONNX Runtime); TorchScript on `device`.
-
-    Raises:
-        CheckpointError: file or sidecar missing/unreadable.
-    """
-    import torch
-
-    from medseg.inference.model import resolve_device
-
-    path = Path(path)
-    side = sidecar_path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: exported model not found")
-    try:
-        info = json.loads(side.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path}: its sidecar {side.name} (labels, preprocessing) is missing or unreadable; "
-            "re-export with medseg export"
-        ) from exc
-    if info.get("task") != "segmentation":
-        raise CheckpointError(f"{path}: exported {info.get('task')!r} model, a segmentation model is needed")
-    if path.suffix == ".onnx":
-        dev = torch.device("cpu")
-        network: Any = OnnxNetwork(path)
-    else:
-        dev = device if isinstance(device, torch.device) else resolve_device(str(device))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                traced = torch.jit.load(str(path), map_location=dev).eval()
-            network = FixedBatchNetwork(traced, int(info.get("input_shape", [1])[0]))
-        except Exception as exc:
-            raise CheckpointError(f"{path}: cannot load as TorchScript ({type(exc).__name__}: {exc})") from exc
-    return LoadedModel(
-        path=path,
-        network=network,
-        labels={int(k): v for k, v in sorted(info["labels"].items(), key=lambda kv: int(kv[0]))},
-        plan=dict(info["preprocessing"]),
-        inference=dict(info["inference"]),
-        device=dev,
-        fingerprint=file_fingerprint(path),
-        metrics=dict(info.get("metrics") or {}),
-    )
-
-
 def compare_with_float(
     checkpoint: str | os.PathLike[str],
     exported: str | os.PathLike[str],
@@ -289,6 +188,8 @@ def compare_with_float(
         "mean_dice", "voxel_agreement"}``; times are the best of `repeats` whole `segment_volume` runs.
     """
     from medseg.inference.predict import InferenceOptions, segment_volume
+
+    from medseg.inference.exported import load_exported
 
     ref = load_model(checkpoint, "cpu")
     exp = load_exported(exported, "cpu")
@@ -307,9 +208,7 @@ def compare_with_float(
     t_exp, lab_exp = timed(exp)
     dice = {}
     for value, name in ref.labels.items():
-        a, b = lab_float == value, lab_exp == value
-        denom = int(a.sum() + b.sum())
-        dice[name] = float(2 * np.logical_and(a, b).sum() / denom) if denom else float("nan")
+        dice[name] = dice_score(lab_float == value, lab_exp == value)
     vals = [d for d in dice.values() if d == d]
     return {
         "float_s": round(t_float, 3),

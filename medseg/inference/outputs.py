@@ -13,6 +13,7 @@ import numpy as np
 
 from medseg.io.atomic import atomic_path, write_text_atomic
 from medseg.io.volume import Volume, box_copy, foreground_box, label_values_present
+from medseg.io.orientation import to_ras_view
 
 #: Display window (HU) of CT QA pictures: abdominal soft tissue.
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -72,10 +73,9 @@ def _labelled_voxels(labels: np.ndarray, image: np.ndarray, voxels_per_chunk: in
 
     Only the box around the labels is read, in memory order (Fortran for DICOM/NIfTI
     volumes: C-order boolean indexing of Fortran arrays walks memory with a 512×512-voxel
-    stride). Slabs of ~4 M voxels keep the temporaries small: `segment_batch` runs this in a
-    thread, and glibc gives a thread's large blocks back to the system when freed, so copies
-    of the whole box (~200 MB for the benchmark CT) were page-faulted in anew for every series
-    (0.07 s alone, 0.3-0.5 s in the pipeline; docs/benchmarks.md, inference "Eighth round").
+    stride). Slabs of ~4 M voxels keep the temporaries small: glibc may give large freed
+    blocks back to the system, and copies of the whole box (~200 MB for a big CT) were then
+    page-faulted in anew for every series (docs/benchmarks.md).
     """
     if not (labels.dtype.kind in "uib" and labels.ndim == 3 and image.shape[:3] == labels.shape):
         fortran = labels.flags.f_contiguous and image.flags.f_contiguous
@@ -101,8 +101,7 @@ def _integer_sums(labels: np.ndarray, values: np.ndarray, n: int, max_bins: int 
     """Per-label voxel count, sum and sum of squares of integer intensities, exactly.
 
     One joint (label, intensity) histogram, then sums over its intensity axis: one integer
-    `np.bincount` where the float path needs three, two of them weighted (0.14 → 0.09 s for
-    the benchmark CT's 7 M labelled voxels). None when the histogram would exceed `max_bins`.
+    `np.bincount` where the float path needs three, two of them weighted. None when the histogram would exceed `max_bins`.
 
     Returns:
         ``(counts, sums, sums_of_squares)``: lists of Python ints indexed by label value.
@@ -122,25 +121,15 @@ def _integer_sums(labels: np.ndarray, values: np.ndarray, n: int, max_bins: int 
 
 
 def write_volumes_csv(rows: list[dict], path: str | os.PathLike[str]) -> Path:
-    """Write `label_statistics` rows to a CSV file atomically."""
+    """Write `label_statistics` rows to a CSV file atomically (``uncertainty``: the label's
+    score when the row has one, `medseg.inference.uncertainty.LabelUncertainty.score`)."""
     buf = io.StringIO()
-    fields = ["label", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity"]
+    fields = ["label", "name", "voxels", "volume_ml", "mean_intensity", "std_intensity", "uncertainty"]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k) for k in fields})
     return write_text_atomic(path, buf.getvalue())
-
-
-def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder/flip the voxel axes so that i→Right, j→Anterior, k→Superior; also returns spacing."""
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    out = nib.orientations.apply_orientation(array, ornt)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    spacing = spacing[np.argsort(ornt[:, 0])]
-    return out, spacing
 
 
 def _display_window(image: np.ndarray, modality: str | None) -> tuple[float, float]:
@@ -155,7 +144,7 @@ def _display_window(image: np.ndarray, modality: str | None) -> tuple[float, flo
 def qa_slices(
     labels: np.ndarray, affine: np.ndarray, n_axial: int = 3, values: list[int] | None = None
 ) -> tuple[list[int], int, list[int]]:
-    """The slices `write_qa_png` shows, in RAS index space (see `_to_ras`).
+    """The slices `write_qa_png` shows, in RAS index space (see `medseg.io.orientation.to_ras_view`).
 
     Returns:
         ``(axial k indices spread over the labelled extent, coronal j index at the median
@@ -207,8 +196,8 @@ def qa_panels(
         superior up; ``aspect`` = row spacing / column spacing), the label values present, and
         the uint8 RGB colour of each label value (row 0: background, unused).
     """
-    img, spacing = _to_ras(np.asarray(image.array), image.affine)  # views; slices are converted below
-    lab, _ = _to_ras(labels, image.affine)
+    img, spacing = to_ras_view(np.asarray(image.array), image.affine)  # views; slices are converted below
+    lab, _ = to_ras_view(labels, image.affine)
     vmin, vmax = _display_window(img, image.meta.get("modality"))
     ks, j_cor, present = qa_slices(labels, image.affine, n_axial, values)
     max_label = max(max(label_names, default=1), max(present, default=0), 1)
@@ -252,10 +241,9 @@ def write_qa_png(
     volume when nothing was found); a legend names the labels present. `values`: the label
     values present in `labels` when the caller knows them (saves counting them again).
 
-    Drawn with Pillow, not matplotlib: 0.15 → 0.08 s a picture on the benchmark's series
-    (docs/benchmarks.md, inference "Eighth round"), and Pillow's resizing and PNG encoding
-    release the GIL, which matters because `segment_batch` writes this picture in a thread
-    beside the DICOM SEG (matplotlib's Python work stretched the SEG and itself: 0.36 s).
+    Drawn with Pillow, not matplotlib: about twice as fast (docs/benchmarks.md), and
+    Pillow's resizing and PNG encoding release the GIL, so the picture does not stall other
+    Python work of the process.
     """
     from PIL import Image, ImageDraw
 

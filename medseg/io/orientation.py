@@ -37,3 +37,21 @@ def itk_geometry_from_affine(affine_ras: np.ndarray) -> tuple[tuple[float, ...],
     spacing = np.linalg.norm(lps[:3, :3], axis=0)
     direction = lps[:3, :3] / spacing[None, :]
     return tuple(lps[:3, 3].tolist()), tuple(spacing.tolist()), tuple(direction.ravel().tolist())
+
+
+def to_ras_view(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`array` with its voxel axes reordered/flipped to run towards R, A, S, and the spacing
+    (mm) along those axes: the view every picture of medseg (QA, report panels) draws from.
+
+    Voxel axis ``a`` becomes RAS axis ``ornt[a, 0]``, so the spacing of RAS axis ``r`` is that
+    of the voxel axis mapped onto it: the inverse permutation, ``spacing[argsort(ornt[:, 0])]``.
+
+    Returns:
+        ``(view, spacing_ras)``; the view shares memory with `array` where it can.
+    """
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    view = nib.orientations.apply_orientation(array, ornt)
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    return view, spacing[np.argsort(ornt[:, 0])]

@@ -1,19 +1,22 @@
 """DICOM SEG writing and reading (highdicom), on the grid of a source DICOM series.
 
 `write_dicom_seg` turns an integer label map on a `Volume` read by `read_dicom_series` into a
-BINARY DICOM Segmentation that references the source images frame by frame, so viewers and
+BINARY (or highdicom's LABELMAP) DICOM Segmentation that references the source images frame by frame, so viewers and
 PACS overlay it on the series. `read_dicom_seg` maps a SEG's frames back onto a reference
 volume's grid by their positions (so it works for SEGs written by other tools too, as long as
 their frames lie on the reference grid's planes).
 
-Label values are kept through the round trip: BINARY SEG numbers its segments 1..N, so each
+Built with highdicom's public `Segmentation` class; where the installed highdicom and pydicom
+are the versions `medseg.io.seg_fast` was tested with, its faster, byte-identical path is used
+(a subclass and a pre-encoded sequence; nothing in either library is patched).
+
+Label values are kept through the round trip: a SEG numbers its segments 1..N, so each
 segment also carries ``TrackingID = "medseg label <value>"`` (with a TrackingUID), which
 `read_dicom_seg` uses to restore the original value.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -25,7 +28,7 @@ import numpy as np
 
 from medseg.errors import DicomError, GeometryError, InputError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_encode import pre_encode_sequence
+from medseg.io import seg_fast
 from medseg.io.orientation import ras_to_lps_affine
 from medseg.runtime import gc_paused
 from medseg.io.volume import Volume, box_copy, foreground_box, label_values_present
@@ -88,62 +91,6 @@ def _source_datasets(source: Volume) -> tuple[list[Any], list[Any]]:
     return datasets, frames
 
 
-def _memoize_highdicom_iod_lookup() -> None:
-    """Cache highdicom's ``is_attribute_in_iod`` (a linear scan of the standard's module tables).
-
-    highdicom asks it once per source image (``is_multiframe_image``): 300 scans of 0.4 ms for
-    a 300-slice series, ~0.1 s of every SEG. The tables are constants, so a cache keyed by the
-    arguments gives the same answers (tested). Private highdicom API: if it is not there, or
-    the arguments are not hashable, the original function runs.
-    """
-    try:
-        from highdicom import _standard_utils as su
-    except ImportError:  # pragma: no cover - other highdicom layout
-        return
-    original = getattr(su, "is_attribute_in_iod", None)
-    if original is None or getattr(original, "_medseg_cached", False):
-        return
-    cached = functools.lru_cache(maxsize=1024)(original)
-
-    @functools.wraps(original)
-    def lookup(attribute: Any, sop_class_uid: Any, exclude_path_elements: Any = None) -> bool:
-        try:
-            key = None if exclude_path_elements is None else tuple(exclude_path_elements)
-            return cached(attribute, str(sop_class_uid), key)
-        except TypeError:  # unhashable arguments
-            return original(attribute, sop_class_uid, exclude_path_elements)
-
-    lookup._medseg_cached = True  # type: ignore[attr-defined]
-    su.is_attribute_in_iod = lookup
-
-
-@functools.lru_cache(maxsize=1)
-def _write_only_segmentation_class() -> type:
-    """highdicom's `Segmentation` without the lookup tables it builds for reading frames back.
-
-    The constructor ends by indexing its own frames (``_build_luts``: 0.06 s of the ~0.4 s
-    constructor for the benchmark's 1200-frame SEG) so that the object can be queried; a SEG
-    that is only saved never uses them, and they are not part of the file (tests compare the
-    saved files of both classes). Overrides a private method: if highdicom drops it, nothing
-    changes but the time; if a highdicom's constructor reads the tables (AttributeError),
-    `write_dicom_seg` builds highdicom's own class instead.
-    """
-    import highdicom as hd
-
-    class WriteOnlySegmentation(hd.seg.Segmentation):
-        def _build_luts(self) -> None:
-            pass
-
-        # highdicom pickles (and copies) its lookup tables' database: there is none here
-        def __getstate__(self) -> dict[str, Any]:
-            return self.__dict__.copy()
-
-        def __setstate__(self, state: dict[str, Any]) -> None:
-            self.__dict__.update(state)
-
-    return WriteOnlySegmentation
-
-
 def _label_values_present(labels: np.ndarray) -> list[int]:
     """`label_values_present`, its errors as `DicomError` (the SEG writer's error family)."""
     try:
@@ -161,6 +108,8 @@ def write_dicom_seg(
     algorithm_name: str = "medseg",
     algorithm_version: str | None = None,
     values: list[int] | None = None,
+    seg_type: str = "binary",
+    fast: bool | None = None,
 ) -> Path:
     """Write an integer label map as a DICOM SEG referencing `source`'s DICOM images.
 
@@ -176,6 +125,11 @@ def write_dicom_seg(
         values: the label values present in `labels`, or any superset of them, when the
             caller knows them (saves counting them again; values not present become empty
             segments, as absent values of `label_names` do).
+        seg_type: ``"binary"`` (one 1-bit frame per segment and source slice: what every
+            viewer reads) or ``"labelmap"`` (highdicom's LABELMAP SEG: one frame per source
+            slice holding segment numbers; many times smaller, newer viewers only).
+        fast: use `medseg.io.seg_fast` (None: where it was tested with the installed
+            highdicom/pydicom; False: highdicom's public class and pydicom's writer only).
 
     Returns:
         `path`.
@@ -184,13 +138,17 @@ def write_dicom_seg(
         GeometryError: `labels` does not have `source`'s shape.
         DicomError: `source` did not come from DICOM, or there is no label to write at all
             (neither a value in `labels` nor a name in `label_names`).
+        InputError: `seg_type` is neither "binary" nor "labelmap".
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     from medseg import __version__
 
-    _memoize_highdicom_iod_lookup()
+    kinds = {"binary": hd.seg.SegmentationTypeValues.BINARY, "labelmap": hd.seg.SegmentationTypeValues.LABELMAP}
+    if seg_type not in kinds:
+        raise InputError(f"seg_type {seg_type!r}: expected 'binary' or 'labelmap'")
+    use_fast = seg_fast.tested_versions() if fast is None else bool(fast)
     labels = np.asarray(labels)
     if labels.shape[:3] != source.shape or labels.ndim != 3:
         raise GeometryError(f"label map shape {labels.shape} does not match the source volume {source.shape}")
@@ -223,7 +181,7 @@ def write_dicom_seg(
     for v, n in seg_number.items():
         lut[v] = n
     # label value == segment number (the usual labels 1..N): copied as they are, no lookup
-    # (the lookup is 5× the copy: 0.057 vs 0.010 s for the benchmark's labels)
+    # (a lookup costs several times the copy)
     identity = bool(np.array_equal(lut, np.arange(len(lut))))
     pixel = np.zeros((n_src, rows, cols), dtype=seg_dtype)
     dropped = 0
@@ -276,7 +234,7 @@ def write_dicom_seg(
         arguments = dict(
             source_images=datasets,
             pixel_array=pixel,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segmentation_type=kinds[seg_type],
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
             series_number=(int(series_number) + 1000) if series_number is not None else 1000,
@@ -289,15 +247,11 @@ def write_dicom_seg(
             series_description=f"{algorithm_name} segmentation"[:64],
             omit_empty_frames=not empty,  # all empty: highdicom keeps them all anyway (and logs a warning)
         )
-        try:
-            seg = _write_only_segmentation_class()(**arguments)
-        except AttributeError as exc:  # a highdicom whose constructor reads its lookup tables
-            log.debug("DICOM SEG without lookup tables failed (%s); building highdicom's own", exc)
-            seg = hd.seg.Segmentation(**arguments)
+        seg = seg_fast.build_segmentation(arguments) if use_fast else hd.seg.Segmentation(**arguments)
     path = Path(path)
-    # the ~N-frame per-frame groups encoded once per distinct element value (same bytes, 2× faster save)
     with gc_paused():
-        pre_encode_sequence(seg, "PerFrameFunctionalGroupsSequence")
+        if use_fast:
+            seg_fast.pre_encode_sequence(seg, "PerFrameFunctionalGroupsSequence")
         with atomic_path(path) as tmp:
             seg.save_as(tmp)
     return path

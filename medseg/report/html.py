@@ -17,6 +17,7 @@ import numpy as np
 
 from medseg.io import Volume
 from medseg.report.summary import DISTANCE_KEYS, HIGHER_IS_BETTER
+from medseg.io.orientation import to_ras_view
 
 METRIC_TITLES: dict[str, str] = {
     "dice": "Dice",
@@ -90,16 +91,6 @@ def metric_plot(rows: Sequence[Mapping[str, Any]], labels: Mapping[int, str], me
     return _png(fig)
 
 
-def _to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(array reoriented so its axes run towards R, A, S; spacing along those axes)."""
-    import nibabel as nib
-
-    ornt = nib.orientations.io_orientation(affine)
-    ras = nib.orientations.apply_orientation(array, ornt)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)[ornt[:, 0].astype(int)]
-    return ras, spacing
-
-
 def slice_image(image: Volume | None, gt: np.ndarray, pred: np.ndarray, affine: np.ndarray, title: str) -> str:
     """Axial slice with the most disagreement between two binary masks, GT and prediction
     contours drawn over the image (radiological view: patient's right on the left); PNG URI.
@@ -109,9 +100,9 @@ def slice_image(image: Volume | None, gt: np.ndarray, pred: np.ndarray, affine: 
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    g, spacing = _to_ras(gt.astype(bool), affine)
-    p, _ = _to_ras(pred.astype(bool), affine)
-    img = _to_ras(np.asarray(image.array[..., 0] if image.array.ndim == 4 else image.array, dtype=np.float32), affine)[0] if image is not None else None
+    g, spacing = to_ras_view(gt.astype(bool), affine)
+    p, _ = to_ras_view(pred.astype(bool), affine)
+    img = to_ras_view(np.asarray(image.array[..., 0] if image.array.ndim == 4 else image.array, dtype=np.float32), affine)[0] if image is not None else None
     disagreement = (g ^ p).sum(axis=(0, 1))
     union = (g | p).sum(axis=(0, 1))
     k = int(np.argmax(disagreement)) if disagreement.any() else int(np.argmax(union))

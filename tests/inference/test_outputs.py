@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.inference.outputs import _palette, _to_ras, label_statistics, qa_panels, qa_slices, write_qa_png
+from medseg.inference.outputs import _palette, label_statistics, qa_panels, qa_slices, write_qa_png
+from medseg.io.orientation import to_ras_view as _to_ras
 from medseg.io import Volume
 from medseg.io.dicom import read_dicom_series
 

@@ -19,7 +19,8 @@ from inference_factory import (
 from medseg.errors import CheckpointError, InputError
 from medseg.inference import InferenceOptions, load_models, segment_volume
 from medseg.inference.postprocess import fill_holes, keep_largest_component
-from medseg.inference.predict import estimate_memory_bytes, labels_on_grid, preprocessed_shape
+from medseg.inference.memory import estimate_memory_bytes, preprocessed_shape
+from medseg.resample import labels_on_grid
 from medseg.io import Volume, read_volume
 
 
@@ -131,8 +132,12 @@ def test_checkpoint_guards(tmp_path, random_ckpt):
     with pytest.raises(CheckpointError, match="label sets differ"):
         load_models([random_ckpt, other], "cpu")
     den = save_random_ckpt(tmp_path / "den.pt", {1: "x"}, task="denoising")
-    with pytest.raises(CheckpointError, match="'denoising' checkpoint"):
-        load_models([den], "cpu")
+    (loaded,) = load_models([den], "cpu")  # any task loads; it carries its task
+    assert loaded.task == "denoising" and load_models([random_ckpt], "cpu")[0].task == "segmentation"
+    with pytest.raises(CheckpointError, match="'denoising' checkpoint cannot segment"):
+        segment_volume(Volume(np.zeros((8, 8, 8), np.float32), np.eye(4), {}), [loaded])
+    with pytest.raises(CheckpointError, match="only segmentation checkpoints are ensembled"):
+        load_models([random_ckpt, den], "cpu")
     mr = save_random_ckpt(tmp_path / "mr.pt", {1: "liver", 2: "spleen"}, modality="MR")
     with pytest.raises(CheckpointError, match="different modalities"):
         load_models([random_ckpt, mr], "cpu")
@@ -162,7 +167,7 @@ def test_largest_component_and_hole_filling():
 
 def test_resampling_shortcuts_agree_with_full_trilinear():
     """Cell shortcut (argmax copied inside one-class cells) == separable trilinear == grid_sample."""
-    from medseg.inference import predict as P
+    from medseg import resample as R
 
     g = np.stack(np.meshgrid(*[np.arange(n) for n in (30, 34, 20)], indexing="ij")).astype(np.float32)
     logits = np.zeros((3, 30, 34, 20), np.float32)
@@ -172,19 +177,19 @@ def test_resampling_shortcuts_agree_with_full_trilinear():
     src = np.diag([3.0, 2.5, 3.0, 1.0])
     dst = np.array([[-1.1, 0, 0, 90.0], [0, 0, 0.9, -3.0], [0, 1.3, 0, 2.0], [0, 0, 0, 1]])  # flip + swap
     shape = (80, 50, 70)
-    fast, _ = P.labels_on_grid(probs, src, dst, shape, [0, 4, 7])
-    full, p = P.labels_on_grid(probs, src, dst, shape, [0, 4, 7], keep_probabilities=True)
+    fast, _ = R.labels_on_grid(probs, src, dst, shape, [0, 4, 7])
+    full, p = R.labels_on_grid(probs, src, dst, shape, [0, 4, 7], keep_probabilities=True)
     np.testing.assert_array_equal(fast, full)
     assert set(np.unique(fast)) == {0, 4, 7}
     # slices in reverse source order, ~3 destination slices between two source planes
     dst_rev = np.array([[1.2, 0, 0, 1.0], [0, 1.1, 0, 2.0], [0, 0, -0.9, 58.0], [0, 0, 0, 1]])
     shape_rev = (70, 75, 64)
-    fast_rev, _ = P.labels_on_grid(probs, src, dst_rev, shape_rev, [0, 4, 7])
-    full_rev, _ = P.labels_on_grid(probs, src, dst_rev, shape_rev, [0, 4, 7], keep_probabilities=True)
+    fast_rev, _ = R.labels_on_grid(probs, src, dst_rev, shape_rev, [0, 4, 7])
+    full_rev, _ = R.labels_on_grid(probs, src, dst_rev, shape_rev, [0, 4, 7], keep_probabilities=True)
     np.testing.assert_array_equal(fast_rev, full_rev)
     assert set(np.unique(fast_rev)) == {0, 4, 7}
     # the fast path only computed the box that can hold labels: a strict part of the grid here
-    ranges = P._foreground_ranges(P._SlabSampler(probs, src, dst, shape))
+    ranges = R._foreground_ranges(R._SlabSampler(probs, src, dst, shape))
     assert all(r.stop - r.start <= n for r, n in zip(ranges, shape))
     assert np.prod([r.stop - r.start for r in ranges]) < 0.6 * np.prod(shape)
     outside = np.ones(shape, bool)
@@ -194,9 +199,9 @@ def test_resampling_shortcuts_agree_with_full_trilinear():
     bg = torch.zeros_like(probs)
     bg[0] = 1
     slabs = []
-    empty, _ = P.labels_on_grid(bg, src, dst, shape, [0, 4, 7], on_slab=lambda d, t: slabs.append(d))
+    empty, _ = R.labels_on_grid(bg, src, dst, shape, [0, 4, 7], on_slab=lambda d, t: slabs.append(d))
     assert not empty.any() and empty.shape == shape and slabs == []
-    sampler = P._SlabSampler(probs, src, dst, shape)
+    sampler = R._SlabSampler(probs, src, dst, shape)
     assert sampler.perm == [0, 2, 1]
     sep, inside_sep = sampler.sample(0, shape[2])
     sampler.perm = None  # force the grid_sample fallback
@@ -223,6 +228,7 @@ def test_fast_preprocessing_equals_monai_chain(spacing):
     centres (a gather, no interpolation)."""
     from medseg import sample_data
     from medseg.data.transforms import preprocessing_transforms, volume_to_metatensor
+    from medseg import resample as R
     from medseg.inference import predict as P
     from medseg.inference.predict import preprocess_for_model
     from medseg.io import Volume
@@ -240,10 +246,10 @@ def test_fast_preprocessing_equals_monai_chain(spacing):
     for vol in volumes:
         chain = preprocessing_transforms(plan, label_key=None)
         grid = P._planned_grid(vol, chain)
-        assert grid is not None and P.resample_image_linear(np.asarray(vol.array), vol.affine, *grid) is not None  # fast path taken
+        assert grid is not None and R.resample_image_linear(np.asarray(vol.array), vol.affine, *grid) is not None  # fast path taken
         if spacing == [5.0, 2.4, 1.6] and vol.array is not volumes[0].array:
             m = np.linalg.inv(vol.affine) @ grid[0]
-            assert all(not w.any() for _, _, w, _ in P._linear_maps(m, P._axis_aligned(m), vol.shape, grid[1]))
+            assert all(not w.any() for _, _, w, _ in R._linear_maps(m, R._axis_aligned(m), vol.shape, grid[1]))
         ref = chain({"image": volume_to_metatensor(vol)})["image"]
         got, affine = preprocess_for_model(vol, plan)
         assert tuple(got.shape[2:]) == tuple(ref.shape[1:])

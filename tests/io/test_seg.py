@@ -154,57 +154,63 @@ def test_seg_from_scan_headers_equals_seg_from_reread_headers(tmp_path, ct_and_o
     assert len(a) > 20 * 4 * 5 and a == b  # 20 slices × 4 organs, each frame's groups
 
 
-def test_write_only_segmentation_saves_highdicom_s_file(tmp_path, ct_and_organs, monkeypatch):
-    """The SEG built without highdicom's read-back lookup tables is saved element for element
-    and pixel for pixel as highdicom's own class saves it; label values 1..N (copied without
-    a lookup) and other values (looked up) both round-trip."""
-    import medseg.io.seg as seg_module
+def test_fast_path_saves_highdicom_s_own_file(tmp_path, ct_and_organs, monkeypatch):
+    """`medseg.io.seg_fast` (write-only subclass + pre-encoded frame groups) saves element for
+    element and pixel for pixel what highdicom's public class saved by pydicom's writer saves;
+    label values 1..N (copied without a lookup) and other values (looked up) both round-trip."""
+    import medseg.io.seg_fast as seg_fast
 
+    assert seg_fast.tested_versions()  # the installed versions are the tested ones: fast by default
     ct, organs = ct_and_organs
     consecutive = np.zeros_like(organs)
     for n, v in enumerate(ORGANS, start=1):
         consecutive[organs == v] = n
     names = {n: ORGANS[v] for n, v in enumerate(ORGANS, start=1)}
     for labels, label_names in ((organs, ORGANS), (consecutive, names)):
-        fast = write_dicom_seg(labels, ct, label_names, tmp_path / "fast.dcm")
-        assert type(hd.seg.segread(str(fast))) is hd.seg.Segmentation
-        np.testing.assert_array_equal(read_dicom_seg(fast, ct).array, labels)
-        with monkeypatch.context() as m:
-            m.setattr(seg_module, "_write_only_segmentation_class", lambda: hd.seg.Segmentation)
-            standard = write_dicom_seg(labels, ct, label_names, tmp_path / "standard.dcm")
-        assert _seg_elements(fast) == _seg_elements(standard)
-        assert hd.seg.segread(str(fast)).PixelData == hd.seg.segread(str(standard)).PixelData
-    assert seg_module._write_only_segmentation_class() is not hd.seg.Segmentation
+        for seg_type in ("binary", "labelmap"):
+            fast = write_dicom_seg(labels, ct, label_names, tmp_path / "fast.dcm", seg_type=seg_type, fast=True)
+            assert type(hd.seg.segread(str(fast))) is hd.seg.Segmentation
+            np.testing.assert_array_equal(read_dicom_seg(fast, ct).array, labels)
+            standard = write_dicom_seg(labels, ct, label_names, tmp_path / "standard.dcm", seg_type=seg_type, fast=False)
+            assert _seg_elements(fast) == _seg_elements(standard)
+            assert hd.seg.segread(str(fast)).PixelData == hd.seg.segread(str(standard)).PixelData
+
+    # untested versions: the public path, same file
+    monkeypatch.setattr(seg_fast, "TESTED", set())
+    assert not seg_fast.tested_versions()
+    called = []
+    monkeypatch.setattr(seg_fast, "build_segmentation", lambda a: called.append(1))
+    public = write_dicom_seg(organs, ct, ORGANS, tmp_path / "public.dcm")
+    assert not called
+    np.testing.assert_array_equal(read_dicom_seg(public, ct).array, organs)
+    monkeypatch.undo()
 
     # a highdicom whose constructor needs its lookup tables: highdicom's own class is built
     class NeedsTables(hd.seg.Segmentation):
         def _build_luts(self) -> None:
             raise AttributeError("'Segmentation' object has no attribute '_db_con'")
 
-    monkeypatch.setattr(seg_module, "_write_only_segmentation_class", lambda: NeedsTables)
+    monkeypatch.setattr(seg_fast, "_write_only_segmentation_class", lambda: NeedsTables)
     fallback = write_dicom_seg(organs, ct, ORGANS, tmp_path / "fallback.dcm")
     np.testing.assert_array_equal(read_dicom_seg(fallback, ct).array, organs)
 
 
-def test_cached_highdicom_iod_lookup_gives_the_same_answers(tmp_path, ct_and_organs):
-    from highdicom import _standard_utils as su
-
-    from medseg.io.seg import _memoize_highdicom_iod_lookup
+def test_labelmap_seg_reads_back_equal_and_is_smaller(tmp_path, ct_and_organs):
+    """LABELMAP SEG (one frame per slice holding segment numbers): read back equal to the labels
+    (values restored through the tracking IDs), several times smaller than BINARY."""
+    from medseg.errors import InputError
 
     ct, organs = ct_and_organs
-    write_dicom_seg(organs, ct, ORGANS, tmp_path / "seg.dcm")  # installs the cache
-    _memoize_highdicom_iod_lookup()  # idempotent
-    cached = su.is_attribute_in_iod
-    assert getattr(cached, "_medseg_cached", False)
-    original = cached.__wrapped__
-    ct_image, enhanced_ct, seg = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.66.4"
-    for keyword in ("PerFrameFunctionalGroupsSequence", "PixelData", "ImagePositionPatient", "SegmentSequence"):
-        for uid in (ct_image, enhanced_ct, seg):
-            for exclude in (None, ["IconImageSequence"]):
-                assert cached(keyword, uid, exclude) == original(keyword, uid, exclude), (keyword, uid, exclude)
-    assert cached("PerFrameFunctionalGroupsSequence", enhanced_ct) and not cached("PerFrameFunctionalGroupsSequence", ct_image)
-    with pytest.raises(KeyError):
-        cached("PixelData", "1.2.3.4")  # unknown SOP class: highdicom's own error
+    binary = write_dicom_seg(organs, ct, ORGANS, tmp_path / "binary.dcm")
+    labelmap = write_dicom_seg(organs, ct, ORGANS, tmp_path / "labelmap.dcm", seg_type="labelmap")
+    seg = hd.seg.segread(str(labelmap))
+    assert str(seg.SegmentationType) == "LABELMAP"
+    back = read_dicom_seg(labelmap, ct)
+    np.testing.assert_array_equal(back.array, organs)
+    assert back.meta["label_names"] == ORGANS
+    assert len(seg.PerFrameFunctionalGroupsSequence) < len(hd.seg.segread(str(binary)).PerFrameFunctionalGroupsSequence)
+    with pytest.raises(InputError, match="seg_type"):
+        write_dicom_seg(organs, ct, ORGANS, tmp_path / "x.dcm", seg_type="fractional")
 
 
 def test_label_values_present_for_every_label_dtype():
@@ -231,12 +237,12 @@ def test_pre_encoded_frame_groups_give_pydicom_s_own_bytes(tmp_path, ct_and_orga
     import copy
     import io
 
-    import medseg.io.seg as seg_module
-    from medseg.io.dicom_encode import pre_encode_sequence
+    import medseg.io.seg_fast as seg_fast
+    from medseg.io.seg_fast import pre_encode_sequence
 
     ct, organs = ct_and_organs
     built = []  # a copy of the dataset as highdicom made it, before pydicom's writer touched it
-    monkeypatch.setattr(seg_module, "pre_encode_sequence", lambda ds, kw: built.append(copy.deepcopy(ds)) and False)
+    monkeypatch.setattr(seg_fast, "pre_encode_sequence", lambda ds, kw: built.append(copy.deepcopy(ds)) and False)
     path = write_dicom_seg(organs, ct, ORGANS, tmp_path / "plain.dcm")
     (seg,) = built
     assert seg.get_item("PixelData").VR == "OB or OW"  # resolved by the fast path as pydicom does
@@ -260,12 +266,12 @@ def test_pre_encoding_leaves_other_transfer_syntaxes_to_pydicom(ct_and_organs, t
     import pydicom
     from pydicom.uid import ImplicitVRLittleEndian
 
-    import medseg.io.seg as seg_module
-    from medseg.io.dicom_encode import pre_encode_sequence
+    import medseg.io.seg_fast as seg_fast
+    from medseg.io.seg_fast import pre_encode_sequence
 
     ct, organs = ct_and_organs
     built = []
-    monkeypatch.setattr(seg_module, "pre_encode_sequence", lambda ds, kw: built.append(ds) and False)
+    monkeypatch.setattr(seg_fast, "pre_encode_sequence", lambda ds, kw: built.append(ds) and False)
     write_dicom_seg(organs, ct, ORGANS, tmp_path / "plain.dcm")
     seg = built[0]
     seg.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian

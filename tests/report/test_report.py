@@ -217,3 +217,47 @@ def test_dicom_seg_prediction_against_nifti_ground_truth(sample, tmp_path):
     assert [{k: v for k, v in r.items() if k not in ("case", "name")} for r in res.rows] == [
         {k: v for k, v in r.items() if k != "name"} for r in want
     ]
+
+
+def _sagittal_affine() -> np.ndarray:
+    """A sagittal acquisition: voxel i runs A→P (0.5 mm), j runs S→I (0.7 mm), k runs L→R (4 mm
+    slices), rotated 10° about the slice normal: ``io_orientation`` = (A, S, R) axes."""
+    c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+    aff = np.eye(4)
+    aff[:3, 0] = 0.5 * np.array([0.0, c, s])  # i: anterior (tilted 10° about R-L)
+    aff[:3, 1] = 0.7 * np.array([0.0, -s, c])  # j: superior
+    aff[:3, 2] = 4.0 * np.array([1.0, 0.0, 0.0])  # k: right
+    return aff
+
+
+def test_ras_view_spacing_follows_the_inverse_permutation():
+    from medseg.io.orientation import to_ras_view
+
+    aff = _sagittal_affine()
+    arr = np.zeros((30, 20, 10))
+    view, spacing = to_ras_view(arr, aff)
+    assert view.shape == (10, 30, 20)  # R from k, A from i, S from j
+    np.testing.assert_allclose(spacing, [4.0, 0.5, 0.7])
+
+
+def test_report_and_qa_panels_have_the_true_aspect_on_a_sagittal_series(monkeypatch):
+    """The report's axial panel of a sagittal series is drawn at pixel height/width = A/R spacing
+    (0.5/4), the QA picture's panels likewise (axial A/R, coronal S/R)."""
+    from matplotlib.axes import Axes
+
+    from medseg.inference.outputs import qa_panels
+    from medseg.report.html import slice_image
+
+    aff = _sagittal_affine()
+    gt = np.zeros((30, 20, 10), np.uint8)
+    gt[10:20, 5:15, 3:7] = 1
+    pred = np.roll(gt, 2, axis=0)
+    aspects = []
+    real = Axes.imshow
+    monkeypatch.setattr(Axes, "imshow", lambda self, *a, **k: (aspects.append(k.get("aspect")), real(self, *a, **k))[1])
+    image = Volume(np.random.default_rng(0).normal(size=gt.shape).astype(np.float32), aff, {"modality": "MR"})
+    assert slice_image(image, gt, pred, aff, "case").startswith("data:image/png")
+    assert aspects and aspects[0] == pytest.approx(0.5 / 4.0)
+    panels, present, _ = qa_panels(image, gt, {1: "lesion"})
+    assert present == [1]
+    assert [a for _, _, a in panels] == pytest.approx([0.5 / 4.0] * 3 + [0.7 / 4.0])

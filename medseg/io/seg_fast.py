@@ -1,30 +1,92 @@
-"""Faster writing of DICOM datasets with long, repetitive sequences (a SEG's per-frame groups).
+"""The DICOM SEG writer's speed-ups that use private highdicom/pydicom APIs, and only those.
+
+`medseg.io.seg.write_dicom_seg` uses this module only where `tested_versions()` says the
+installed highdicom and pydicom are those it was tested with; otherwise (or with
+``fast=False``) it builds highdicom's public `Segmentation` and saves it with pydicom's own
+writer, the reference: tests/io/test_seg.py checks both give the same file. Nothing here
+changes either library for other callers (no function is replaced).
+
+1. `build_segmentation`: a subclass of highdicom's `Segmentation` that skips the lookup tables
+   the constructor builds for reading frames back (``_build_luts``, private), which a SEG that
+   is only saved never uses. A highdicom whose constructor needs them (AttributeError) gets
+   its own class.
+2. `pre_encode_sequence`: faster writing of DICOM datasets with long, repetitive sequences (a
+   SEG's per-frame groups); it places a raw element in the dataset (``Dataset._dict``, private).
 
 A BINARY DICOM SEG of a 300-slice CT with 4 segments has ~1200 frames, and each frame has its
 own Per-Frame Functional Groups item (source image reference, derivation codes, plane
 position, dimension index, segment number): ~24 000 data elements. pydicom's writer encodes
 them one by one through its generic path (ambiguous-VR checks, charset lookups, a buffer per
-element): 0.8 s of the 1.6 s `write_dicom_seg` took on the 512×512×300 benchmark.
+element): about half of `write_dicom_seg`'s time on a big series (docs/benchmarks.md).
 
 Most of those elements repeat the same value in every frame (SOP Class UID, codes, segment
 numbers), the rest take one of a few hundred values (one per source slice). `pre_encode_sequence`
 encodes each distinct leaf element once **with pydicom's own `write_data_element`** and
 assembles items and sequences from those bytes; an item object that highdicom puts in several
-frames is encoded once (0.11 → 0.08 s for the benchmark's 1200 frames, median of 6). It then
+frames is encoded once. It then
 hands the sequence to pydicom as a raw element, which pydicom writes as it is
 (``Dataset.set_original_encoding`` exists for this). The
 bytes are those pydicom writes itself (tests compare whole files); anything unusual (an
 ambiguous VR, a character set inside an item, another transfer syntax) makes it leave the
 dataset untouched, so pydicom writes it the usual way.
 
-Written here because it measured faster than what it replaces (docs/benchmarks.md, inference "Third round"
-table); it encodes nothing by hand but tags, VR ``SQ`` and lengths of sequences and items.
+Written here because it measured faster than pydicom's generic path (docs/benchmarks.md); it
+encodes nothing by hand but tags, VR ``SQ`` and lengths of sequences and items.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import struct
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: (highdicom, pydicom) major.minor versions this module was tested with
+TESTED = {("0.28", "3.0")}
+
+
+def tested_versions() -> bool:
+    """True when the installed highdicom and pydicom are versions this module was tested with."""
+    try:
+        import highdicom
+        import pydicom
+    except ImportError:  # pragma: no cover
+        return False
+    mm = lambda v: ".".join(str(v).split(".")[:2])  # noqa: E731
+    return (mm(highdicom.__version__), mm(pydicom.__version__)) in TESTED
+
+
+@functools.lru_cache(maxsize=1)
+def _write_only_segmentation_class() -> type:
+    """highdicom's `Segmentation` without the lookup tables it builds for reading frames back
+    (they are not part of the file; tests compare the saved files of both classes)."""
+    import highdicom as hd
+
+    class WriteOnlySegmentation(hd.seg.Segmentation):
+        def _build_luts(self) -> None:
+            pass
+
+        # highdicom pickles (and copies) its lookup tables' database: there is none here
+        def __getstate__(self) -> dict[str, Any]:
+            return self.__dict__.copy()
+
+        def __setstate__(self, state: dict[str, Any]) -> None:
+            self.__dict__.update(state)
+
+    return WriteOnlySegmentation
+
+
+def build_segmentation(arguments: dict[str, Any]) -> Any:
+    """A SEG object from highdicom's `Segmentation` arguments, without its read-back lookup tables."""
+    import highdicom as hd
+
+    try:
+        return _write_only_segmentation_class()(**arguments)
+    except AttributeError as exc:  # a highdicom whose constructor reads its lookup tables
+        log.debug("DICOM SEG without lookup tables failed (%s); building highdicom's own", exc)
+        return hd.seg.Segmentation(**arguments)
 
 _ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
 _ITEM_END = struct.pack("<HHI", 0xFFFE, 0xE00D, 0)

@@ -1,0 +1,83 @@
+"""The batch manifest (``segment.json`` + ``segment.csv``): every series, its status and why.
+
+The manifest is a view of the done markers: at the start of a batch every series' status is
+rebuilt from its marker (`resume_from_markers`), so a manifest left behind by a killed run
+never disagrees with the files for long.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medseg.inference.discovery import MANIFEST_FIELDS, SeriesRecord
+from medseg.inference.series import is_done, now_utc
+from medseg.io.atomic import write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from medseg.inference.model import LoadedModel
+
+STATUSES = ("done", "skipped", "failed", "pending")
+
+
+def manifest_name(shard: tuple[int, int] | None) -> str:
+    """``segment.json``, or ``segment.shard-i-of-n.json`` for a shard (shards may share OUTDIR)."""
+    return "segment.json" if shard is None else f"segment.shard-{shard[0]}-of-{shard[1]}.json"
+
+
+def resume_from_markers(records: list[SeriesRecord], out_dir: Path, models: list[LoadedModel], overwrite: bool) -> list[SeriesRecord]:
+    """Mark series finished by a previous run (valid marker, same checkpoints) as done.
+
+    Returns:
+        The pending records left to process, in order.
+    """
+    todo = []
+    for r in records:
+        if r.status != "pending":
+            continue
+        info = None if overwrite else is_done(out_dir / r.stem, models)
+        if info is None:
+            todo.append(r)
+            continue
+        prev = info.get("series", {})
+        r.status, r.previous_run = "done", True
+        r.outputs = dict(info.get("outputs", {}))
+        r.seconds = prev.get("seconds")
+        r.n_slices = r.n_slices or prev.get("n_slices")
+        r.warnings = list(prev.get("warnings") or [])
+        r.uncertainty = prev.get("uncertainty")
+        r.label_uncertainty = dict(prev.get("label_uncertainty") or {})
+    return todo
+
+
+def write_manifest(
+    out_dir: Path,
+    records: list[SeriesRecord],
+    header: dict[str, Any],
+    unreadable: list[dict[str, str]],
+    shard: tuple[int, int] | None,
+) -> Path:
+    """Write the JSON manifest and its CSV twin atomically; returns the JSON path."""
+    counts = {s: sum(r.status == s for r in records) for s in STATUSES}
+    path = out_dir / manifest_name(shard)
+    rows = [r.to_dict() for r in records]
+    write_json_atomic(path, {**header, "updated": now_utc(), "counts": counts, "series": rows, "unreadable_files": unreadable})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS + ["label_uncertainty"], lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for row in rows:
+        w.writerow(row | {"warnings": "; ".join(row["warnings"]),
+                          "label_uncertainty": "; ".join(f"{k}={v:.4g}" for k, v in row["label_uncertainty"].items())})
+    write_text_atomic(path.with_suffix(".csv"), buf.getvalue())
+    return path
+
+
+def read_manifest_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """The rows of a manifest by series key ({} when it is missing or unreadable)."""
+    try:
+        return {row["key"]: row for row in json.loads(path.read_text()).get("series", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
