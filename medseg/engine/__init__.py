@@ -40,7 +40,7 @@ def _check_run_dir(cfg: WorkflowConfig, run_dir: Path, resume: bool) -> None:
 
 
 def _prepare_run_dir(cfg: WorkflowConfig, run_dir: Path, resume: bool) -> None:
-    from medseg.io.atomic import write_text_atomic
+    from medseg.io.atomic import remove_partial_files, write_text_atomic
 
     if not resume and cfg.output.overwrite:
         for sub in ("checkpoints", "tensorboard"):
@@ -48,6 +48,8 @@ def _prepare_run_dir(cfg: WorkflowConfig, run_dir: Path, resume: bool) -> None:
         for name in ("metrics.csv", "validation_cases.csv", "train.log"):
             (run_dir / name).unlink(missing_ok=True)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for stale in remove_partial_files(run_dir / "checkpoints"):  # a save killed mid-write
+        log.info("removed %s, left by an interrupted checkpoint save", stale.name)
     if resume and (run_dir / "config.yaml").is_file():
         import yaml
 
