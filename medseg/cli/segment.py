@@ -94,22 +94,31 @@ def register(app: typer.Typer) -> None:
         )
         result = segment_batch(input_path, out_dir, model, opts)
 
+        from medseg.terminal import literal
+
         console = Console()
-        table = Table(title=f"medseg segment → {out_dir}", show_lines=False)
+        table = Table(title=f"medseg segment → {literal(out_dir)}", show_lines=False)
         for col in ("series", "modality", "slices", "status", "s", "detail"):
             table.add_column(col, overflow="fold")
         colour = {"done": "green", "skipped": "yellow", "failed": "bold red", "pending": "dim"}
         for r in result.records:
             detail = r.reason or ("previous run" if r.previous_run else ", ".join(r.outputs.values()))
             table.add_row(
-                r.stem, r.modality or "-", str(r.n_slices or "-"), f"[{colour.get(r.status, '')}]{r.status}[/]",
-                f"{r.seconds:.1f}" if r.seconds is not None else "-", detail,
+                literal(r.stem), literal(r.modality or "-"), str(r.n_slices or "-"), f"[{colour.get(r.status, '')}]{r.status}[/]",
+                f"{r.seconds:.1f}" if r.seconds is not None else "-", literal(detail),
             )
         console.print(table)
+        damaged = [u for u in result.unreadable_files if u["reason"].startswith(("truncated", "unreadable"))]
+        err = Console(stderr=True)
+        for u in damaged[:20]:  # damaged files by name; every skipped file is in the manifest
+            err.print(f"[yellow]unreadable:[/] {literal(u['path'])}: {literal(u['reason'])}", highlight=False)
+        if len(damaged) > 20:
+            err.print(f"[yellow]unreadable:[/] … and {len(damaged) - 20} more (see the manifest)", highlight=False)
         console.print(
             f"{result.n_done} done, {result.n_skipped} skipped, {result.n_failed} failed"
             + (f", {len(result.unreadable_files)} unreadable files" if result.unreadable_files else "")
-            + f" — manifest: {result.manifest_path}"
+            + f" — manifest: {literal(result.manifest_path)}",
+            highlight=False,
         )
         if not result.ok:
             raise typer.Exit(code=1)

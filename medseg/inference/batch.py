@@ -557,8 +557,10 @@ class _Progress:
 
     def start_series(self, name: str) -> None:
         if self._p:
-            self._name = name
-            self._p.update(self._step, description=f"  {name}: reading", completed=0, total=1, visible=True)
+            from medseg.terminal import literal
+
+            self._name = literal(name)  # rich reads descriptions as markup
+            self._p.update(self._step, description=f"  {self._name}: reading", completed=0, total=1, visible=True)
 
     def step(self, stage: str, done: int, total: int) -> None:
         if self._p:

@@ -968,7 +968,7 @@ def read_dicom_series(
     failures: dict[int, str] = {}
     stack = decode_stack(kept, series.headers, threads=threads, processes=processes, failures=failures)  # (n_kept, rows, cols[, s])
     warnings_out = list(series.warnings)
-    if failures:
+    if failures or series.unreadable:
         warnings_out += _fill_missing_slices(series, kept, stack, failures)
     if geo.interpolation is not None:
         stack = _interpolate_slices(stack, geo.interpolation)
@@ -1021,9 +1021,17 @@ def _fill_missing_slices(series: DicomSeries, kept: list[DicomFrame], stack: np.
     n_total = len(kept) + len(series.unreadable)
     bad_files: dict[Path, str] = {}
     for k in sorted(failures):
-        bad_files.setdefault(kept[k].path, failures[k])
-    listing = "; ".join(f"{p.name}: {why}" for p, why in list(bad_files.items())[:3])
-    more = f" (and {len(bad_files) - 3} more file(s))" if len(bad_files) > 3 else ""
+        bad_files.setdefault(kept[k].path, " ".join(failures[k].split()))  # one line per reason
+    for k in series.unreadable:
+        bad_files.setdefault(k.path, k.reason)
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for p, why in bad_files.items():
+        by_reason[why].append(p.name)
+    listing = "; ".join(
+        f"{', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''}: {why}"
+        for why, names in by_reason.items()
+    )
+    more = ""
     name = f"series {series.label} uid={series.series_instance_uid}"
     good = [k for k in range(len(kept)) if k not in failures]
     if not good or n_missing > MAX_MISSING_SLICE_FRACTION * n_total:
@@ -1051,6 +1059,8 @@ def _fill_missing_slices(series: DicomSeries, kept: list[DicomFrame], stack: np.
         w = float((where[k] - where[lo]) / (where[hi] - where[lo]))
         v = (1.0 - w) * stack[lo].astype(np.float32) + w * stack[hi].astype(np.float32)
         stack[k] = np.rint(v) if integer else v
+    if not failures:
+        return []
     out = [
         f"{len(failures)} slice(s) could not be used and were interpolated from their neighbours "
         f"like missing slices ({listing}{more})"
