@@ -95,7 +95,8 @@ def train(
 
     Raises:
         ConfigError: invalid workflow, run directory already used (without ``--resume`` or
-            ``output.overwrite``), nothing to resume. InputError/GeometryError: bad data.
+            ``output.overwrite``), nothing to resume. DataError: cases that cannot be trained on
+            (`medseg.data.preflight.check_training_cases` lists them all before the first epoch).
     """
     from medseg.engine.distributed import barrier, close_distributed, init_distributed, launch
 
@@ -123,9 +124,13 @@ def train(
                 log.setLevel(logging.INFO)
             log.info("run %s on %s (%d process%s)", run_dir, ctx.device, ctx.world_size, "es" if ctx.distributed else "")
         barrier(ctx)
+        from medseg.data.preflight import check_training_cases
+        from medseg.data.transform_errors import medseg_errors_unwrapped
         from medseg.engine.loop import run_training
 
-        run_training(cfg, run_dir, resume, ctx)
+        check_training_cases(cfg)  # every case, before the first epoch: one DataError listing all
+        with medseg_errors_unwrapped():
+            run_training(cfg, run_dir, resume, ctx)
     finally:
         log.setLevel(old_level)
         if handler is not None:
