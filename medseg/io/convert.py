@@ -210,6 +210,7 @@ def convert_to_nifti(
         try:
             vol = read_volume(src)
             summary.shape, summary.spacing, summary.orientation = list(vol.shape), _round_list(vol.spacing), vol.orientation
+            summary.warnings = list(vol.meta.get("warnings", []))
             write_nifti(vol, out / name)
             entries.append(_entry(summary, name, None))
             n_ok += 1
@@ -235,6 +236,8 @@ def convert_to_nifti(
             name = f"{series_stem(s.series_number, s.series_description, s.series_instance_uid)}.nii.gz"
             try:
                 vol = read_dicom_series(s, threads=threads, processes=processes)
+                # what reading found (interpolated slices, repaired voxels) joins the scan's warnings
+                summary.warnings += [w for w in vol.meta.get("warnings", []) if w not in summary.warnings and w != s.error]
                 write_nifti(vol, out / name)
             except MedsegError as exc:
                 log.error("%s: %s", s.label, exc)

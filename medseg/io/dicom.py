@@ -389,6 +389,7 @@ def _check_pixel_element(fp: Any, file_size: int, layout: PixelLayout, implicit_
         # Walk the fragment items: a truncated file has an item running past EOF or no
         # sequence delimiter. Only item headers are read (a seek per fragment).
         pos = value_offset
+        n_items = 0
         while True:
             fp.seek(pos)
             item = fp.read(8)
@@ -397,7 +398,12 @@ def _check_pixel_element(fp: Any, file_size: int, layout: PixelLayout, implicit_
             g, e, item_len = struct.unpack("<HHI", item)  # encapsulation is always little endian
             item_tag = (g << 16) | e
             if item_tag == _SEQ_DELIM:
+                # each frame needs at least one fragment after the basic offset table item
+                if n_items - 1 < layout.n_frames:
+                    return (f"NumberOfFrames is {layout.n_frames} but the compressed pixel data hold only "
+                            f"{max(n_items - 1, 0)} fragment(s): damaged header")
                 return None
+            n_items += 1
             if item_tag != _ITEM:
                 return f"corrupt compressed pixel data (unexpected tag {item_tag:08X} among fragments)"
             pos += 8 + item_len
@@ -965,6 +971,7 @@ def read_dicom_series(
         raise DicomError(f"series {series.label} uid={series.series_instance_uid}: {series.error or 'no geometry'}")
     geo = series.geometry
     kept = [series.frames[i] for i in geo.order]
+    _check_declared_size(series, len(kept))
     failures: dict[int, str] = {}
     stack = decode_stack(kept, series.headers, threads=threads, processes=processes, failures=failures)  # (n_kept, rows, cols[, s])
     warnings_out = list(series.warnings)
@@ -1003,6 +1010,27 @@ def read_dicom_series(
     for w in series.warnings:  # returned in meta["warnings"]; callers decide how loud to be
         log.info("%s: %s", series.label, w)
     return Volume(array, lps_to_ras_affine(geo.affine_lps), meta)
+
+
+def _check_declared_size(series: DicomSeries, n_frames: int) -> None:
+    """Refuse a stack whose declared size (Rows × Columns × slices) exceeds this machine's memory.
+
+    Compressed pixel data reveal their real size only when decoded, and a damaged or hostile
+    header can declare 65535 × 65535 pixels: the output array would be allocated first.
+    """
+    layout = series.headers[series.frames[0].path].pixels
+    assert layout is not None
+    n_bytes = n_frames * layout.rows * layout.columns * layout.samples_per_pixel * 4  # up to float32
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no limit known
+        return
+    if n_bytes > 0.8 * memory:
+        raise DicomError(
+            f"series {series.label} uid={series.series_instance_uid}: the headers declare {n_frames} slice(s) of "
+            f"{layout.rows}×{layout.columns} pixels ({n_bytes / 2**30:.1f} GiB decoded), more than this machine's "
+            f"memory ({memory / 2**30:.1f} GiB); the Rows/Columns tags are probably damaged"
+        )
 
 
 def _fill_missing_slices(series: DicomSeries, kept: list[DicomFrame], stack: np.ndarray, failures: dict[int, str]) -> list[str]:
