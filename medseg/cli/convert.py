@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[dim]not converted (no image):[/] series {literal(uid)} ({literal(e['modality'] or '?')})", highlight=False)
             for w in e["warnings"] if e["output"] else []:
                 err.print(f"  [yellow]warning:[/] {literal(w)}", highlight=False)
-        truncated = [k for k in result.index["skipped"] if k["reason"].startswith(("truncated", "unreadable"))]
+        truncated = [k for k in result.index["skipped"] if k.get("damaged")]
         for k in truncated:  # damaged files are named; the other skips (non-DICOM...) are in series.json
             err.print(f"  [yellow]unreadable:[/] {literal(k['path'])}: {literal(k['reason'])}", highlight=False)
         if result.index["skipped"]:

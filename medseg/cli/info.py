@@ -78,6 +78,11 @@ def register(app: typer.Typer) -> None:
                 for k in desc.skipped:
                     console.print(f"[dim]skipped[/] {literal(k['path'])}: {literal(k['reason'])}", highlight=False)
             else:
+                from medseg.io.dicom import is_damaged
+
+                for k in desc.skipped:  # damaged files by name; the rest (non-DICOM...) counted
+                    if is_damaged(k["reason"]):
+                        console.print(f"[yellow]unreadable[/] {literal(k['path'])}: {literal(k['reason'])}", highlight=False)
                 reasons: dict[str, int] = {}
                 for k in desc.skipped:
                     key = k["reason"].split(":")[0].split("(")[0].strip()

@@ -108,7 +108,9 @@ def register(app: typer.Typer) -> None:
                 f"{r.seconds:.1f}" if r.seconds is not None else "-", literal(detail),
             )
         console.print(table)
-        damaged = [u for u in result.unreadable_files if u["reason"].startswith(("truncated", "unreadable"))]
+        from medseg.io.dicom import is_damaged
+
+        damaged = [u for u in result.unreadable_files if is_damaged(u["reason"])]
         err = Console(stderr=True)
         for u in damaged[:20]:  # damaged files by name; every skipped file is in the manifest
             err.print(f"[yellow]unreadable:[/] {literal(u['path'])}: {literal(u['reason'])}", highlight=False)

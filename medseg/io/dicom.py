@@ -112,6 +112,13 @@ class SkippedFile:
     series_instance_uid: str = ""
 
 
+def is_damaged(reason: str) -> bool:
+    """True when a `SkippedFile` reason says the file is a damaged DICOM file (truncated,
+    unreadable, corrupt pixel data, empty...) rather than something that is not DICOM at all
+    or a DICOMDIR index: the CLI names damaged files, and only counts the others."""
+    return not reason.startswith(("not a DICOM", "DICOMDIR"))
+
+
 @dataclass
 class PixelLayout:
     """How a file's pixel data is stored (enough to decode it without pydicom's parser).

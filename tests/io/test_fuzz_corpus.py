@@ -28,6 +28,7 @@ import pytest
 
 from medseg.cli import main
 from medseg.io import read_nifti
+from medseg.terminal import printable
 
 CROP = 128
 SUBJECT_UID = "1.2.826.0.1.3680043.8.498.15001"
@@ -324,10 +325,13 @@ def _same(a, b) -> bool:
 def test_info_and_convert(variant, parts, clean_run, tmp_path):
     tree = _tree(parts, tmp_path, variant)
     info_rc, info_text = run_cli("info", "--skipped", str(tree))
+    plain_rc, plain_text = run_cli("info", str(tree))  # damaged files are named without --skipped too
+    assert plain_rc == 0 and "Traceback" not in plain_text and "\x1b" not in plain_text
     conv_rc, conv_text = run_cli("convert", str(tree), str(tmp_path / "out"))
     for text in (info_text, conv_text):
         assert "Traceback" not in text and "\x1b" not in text and "np.float64" not in text, text
         assert "MarkupError" not in text and "]8;" not in text  # no hyperlink escape
+    assert "[dim]skipped[/]" not in info_text
     assert info_rc == 0, info_text  # the control series is always there
 
     entries, index = _outputs(tmp_path / "out")
@@ -358,6 +362,10 @@ def test_info_and_convert(variant, parts, clean_run, tmp_path):
     shown = _squash(info_text + conv_text + json.dumps(index, ensure_ascii=False))
     for text in variant.named:
         assert _squash(text) in shown, (text, info_text, conv_text)
+    for k in index["skipped"]:
+        if k["damaged"]:  # by name in the plain `info` and in `convert`'s output, as shown on a terminal
+            name = _squash(printable(k["path"]).replace("\n", "\\x0a"))
+            assert name in _squash(plain_text) and name in _squash(conv_text), k
 
 
 SEGMENT_VARIANTS = ["clean", "truncated_at_1500", "j2k_slice_undecodable", "markup_folder_and_file_names", "description_hyperlink"]
