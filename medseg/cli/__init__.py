@@ -65,7 +65,10 @@ def _printable_record(record: logging.LogRecord) -> bool:
     """Log records quote file names and tag values: escape their control characters."""
     from medseg.terminal import printable
 
-    record.msg, record.args = printable(record.getMessage()), None
+    try:
+        record.msg, record.args = printable(record.getMessage()), None
+    except Exception:  # noqa: BLE001 - a malformed record is logging's to report, not ours
+        pass
     return True
 
 

@@ -426,3 +426,20 @@ def test_segment(name, parts, tiny_ckpt, clean_segment, tmp_path):
     for t in variant.named:
         if t not in ("interpolated",):  # per-series warnings reach the manifest with branch `inference`
             assert _squash(t) in shown, (t, text)
+
+
+def test_error_printer_and_log_records_are_literal(tmp_path):
+    """The top-level error printer and the log handler show hostile paths as typed."""
+    hostile = tmp_path / "sub[" / "[link=file:///etc/passwd]click[/link] [/]\x1b[2J\rx"
+    code, text = run_cli("info", str(hostile))
+    assert code == 1 and "error:" in text and "Traceback" not in text and "\x1b" not in text and "\r" not in text
+    assert "sub[/[link=file:/etc/passwd]click[/link][/]\\x1b[2J\\x0dx:nosuchfile" in _squash(text)  # Path folds "///"
+    nifti = tmp_path / "holes\x1b[31m.nii.gz"
+    from medseg.io import Volume, write_nifti
+
+    arr = np.zeros((8, 8, 8), np.float32)
+    arr[0, 0, 0] = np.nan
+    write_nifti(Volume(arr, np.eye(4)), nifti)
+    code, text = run_cli("convert", str(nifti), str(tmp_path / "out"))
+    assert code == 0 and "\x1b" not in text and "holes\\x1b[31m.nii.gz" in _squash(text)
+    assert "1 non-finite voxel(s)" in " ".join(text.split())
