@@ -107,7 +107,9 @@ def load_checkpoint(
         expected_task: if given, a checkpoint of another task is a `CheckpointError`.
 
     Raises:
-        CheckpointError: missing/corrupt file, not a medseg checkpoint, newer format, wrong task.
+        CheckpointError: missing/corrupt file, not a medseg checkpoint, newer format, wrong
+            task, a file holding Python objects besides weights (refused unread), or weights
+            that are NaN/±Inf (the first bad tensor is named).
     """
     import torch
 
@@ -117,9 +119,7 @@ def load_checkpoint(
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals...
-        raise CheckpointError(
-            f"{path}: cannot load as a medseg checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        ) from exc
+        raise CheckpointError(_load_failure(path, exc)) from exc
     if not isinstance(raw, dict) or "format" not in raw or "state_dict" not in raw:
         raise CheckpointError(
             f"{path}: not a medseg checkpoint (expected a dict with 'format' and 'state_dict'; "
@@ -133,6 +133,13 @@ def load_checkpoint(
     task = raw.get("task")
     if expected_task is not None and task != expected_task:
         raise CheckpointError(f"{path}: this is a {task!r} checkpoint, but a {expected_task!r} checkpoint is needed")
+    bad = first_non_finite_tensor(raw["state_dict"])
+    if bad is not None:
+        name, n_bad, n_all = bad
+        raise CheckpointError(
+            f"{path}: the weights are not finite ({name}: {n_bad} of {n_all} values are NaN or ±Inf); "
+            "the training that wrote it diverged — use an earlier checkpoint or retrain (e.g. with a lower optim.lr)"
+        )
     return Checkpoint(
         task=task,
         model=raw.get("model", {}),
@@ -145,3 +152,38 @@ def load_checkpoint(
         metrics=raw.get("metrics", {}),
         training_state=raw.get("training_state"),
     )
+
+
+def first_non_finite_tensor(state_dict: dict[str, Any]) -> tuple[str, int, int] | None:
+    """The first floating-point tensor of `state_dict` holding NaN/±Inf.
+
+    Returns:
+        ``(name, non-finite count, element count)``, or None when every weight is finite.
+    """
+    import torch
+
+    for name, value in state_dict.items():
+        if isinstance(value, torch.Tensor) and (value.is_floating_point() or value.is_complex()):
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                return str(name), int(finite.numel() - int(finite.sum())), int(finite.numel())
+    return None
+
+
+def _load_failure(path: Path, exc: Exception) -> str:
+    """medseg's own sentence for a checkpoint `torch.load(weights_only=True)` would not load."""
+    import pickle
+    import re
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (it asks for {found.group(1)})" if found else ""
+        return (
+            f"{path}: refused: the file holds Python objects besides tensors and plain containers{what}, which "
+            "could run code while loading; medseg only loads weights (torch.load with weights_only=True) and "
+            "never unpickles code. Use a checkpoint written by medseg, or re-save only the state dict of a "
+            "file you trust"
+        )
+    first = text.strip().splitlines()[0] if text.strip() else "no details"
+    return f"{path}: not a readable checkpoint file ({type(exc).__name__}: {first}); it may be truncated or of another kind"

@@ -20,6 +20,10 @@ class DicomError(InputError):
     """A DICOM file or series cannot be used (corrupt, partial, inconsistent geometry...)."""
 
 
+class DataError(InputError):
+    """Training/evaluation data that cannot be used as a whole (lists every bad case)."""
+
+
 class GeometryError(MedsegError):
     """Two volumes that must share a grid do not (shape, spacing, orientation or origin)."""
 

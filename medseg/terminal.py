@@ -17,6 +17,22 @@ from rich.markup import escape
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def printable(value: object) -> str:
+    """``str(value)`` with control characters as ``\\xNN`` escapes, line breaks kept; no markup escaping.
+
+    For text that reaches the terminal without rich markup parsing (``typer.echo``, the CLI's
+    log records): an ESC or a carriage return from a file name cannot move the cursor, while a
+    message's own line breaks still break lines.
+    """
+    return "\n".join(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", line) for line in str(value).split("\n"))
+
+
+def literal_lines(value: object) -> str:
+    """`literal` applied line by line: a multi-line message (an error listing series) keeps
+    its line breaks, every other control character is escaped and markup is inert."""
+    return "\n".join(literal(line) for line in str(value).split("\n"))
+
+
 def literal(value: object) -> str:
     """``value`` as text that a rich console prints verbatim.
 

@@ -45,3 +45,47 @@ def test_malicious_pickle_is_refused(tmp_path):
     torch.save({"format": 1, "state_dict": {}, "x": Evil()}, p)
     with pytest.raises(CheckpointError):
         load_checkpoint(p)
+
+
+def test_unsafe_pickle_refusal_is_medsegs_own_sentence(tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    p = tmp_path / "evil.pt"
+    torch.save({"format": 1, "state_dict": {}, "x": Evil()}, p)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(p)
+    msg = str(info.value)
+    assert str(p) in msg and "refused" in msg and "only loads weights" in msg and "system" in msg
+    assert "Re-running" not in msg and "weights_only set to False" not in msg
+
+
+def test_non_finite_weights_are_refused_at_load(tmp_path):
+    net = torch.nn.Conv3d(1, 2, 3)
+    sd = net.state_dict()
+    sd["bias"] = torch.tensor([float("nan"), 1.0])
+    p = save_checkpoint(Checkpoint(task="segmentation", model={"name": "conv"}, state_dict=sd), tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"nan\.pt: the weights are not finite \(bias: 1 of 2 values"):
+        load_checkpoint(p)
+    sd["bias"] = torch.tensor([float("inf"), 1.0])
+    sd["weight"][0, 0, 0, 0, 0] = float("-inf")
+    p = save_checkpoint(Checkpoint(task="segmentation", model={"name": "conv"}, state_dict=sd), tmp_path / "inf.pt")
+    with pytest.raises(CheckpointError, match=r"\(weight: 1 of 54 values"):
+        load_checkpoint(p)
+
+
+def test_remove_partial_files_after_a_killed_save(tmp_path):
+    from medseg.io.atomic import remove_partial_files
+
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    (ck / ".last.pt.abc123.part.pt").write_bytes(b"half")
+    (ck / "last.pt").write_bytes(b"whole")
+    (ck / "notes.part.txt").write_bytes(b"not ours")
+    removed = remove_partial_files(ck)
+    assert [p.name for p in removed] == [".last.pt.abc123.part.pt"]
+    assert sorted(p.name for p in ck.iterdir()) == ["last.pt", "notes.part.txt"]
+    assert remove_partial_files(tmp_path / "none") == []

@@ -53,12 +53,23 @@ def _root(
 
     keep_freed_memory()
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=verbose > 1, rich_tracebacks=False)],
-        force=True,
-    )
+    handler = RichHandler(console=err_console, show_path=verbose > 1, rich_tracebacks=False)
+    handler.addFilter(_printable_record)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    # pydicom logs every decoder failure as an ERROR with a traceback; medseg reports the
+    # slice itself (a missing slice, named), so pydicom's own records show only with -v
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL if verbose == 0 else logging.NOTSET)
+
+
+def _printable_record(record: logging.LogRecord) -> bool:
+    """Log records quote file names and tag values: escape their control characters."""
+    from medseg.terminal import printable
+
+    try:
+        record.msg, record.args = printable(record.getMessage()), None
+    except Exception:  # noqa: BLE001 - a malformed record is logging's to report, not ours
+        pass
+    return True
 
 
 def _register_verbs() -> None:
@@ -88,5 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     except MedsegError as exc:
         if _state["verbose"]:
             err_console.print(traceback.format_exc(), markup=False, highlight=False)
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        from medseg.terminal import literal_lines
+
+        err_console.print(f"[bold red]error:[/] {literal_lines(exc)}", highlight=False)
         sys.exit(1)

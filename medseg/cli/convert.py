@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from medseg.io.convert import SERIES_JSON, convert_to_nifti
+        from medseg.terminal import literal
 
         result = convert_to_nifti(input_path, out_dir, progress=True, threads=threads, processes=processes)
         console = Console()
@@ -31,18 +32,23 @@ def register(app: typer.Typer) -> None:
             uid = e["series_instance_uid"] or ""
             if e["output"]:
                 shape = "×".join(str(v) for v in e["shape"])
-                console.print(f"[green]wrote[/] {e['output']} ({e['modality'] or 'volume'}, {shape})", highlight=False)
+                console.print(f"[green]wrote[/] {literal(e['output'])} ({literal(e['modality'] or 'volume')}, {shape})", highlight=False)
             elif e["error"]:
-                err.print(f"[bold red]failed:[/] {e['error']}", highlight=False)
+                err.print(f"[bold red]failed:[/] {literal(e['error'])}", highlight=False)
             else:
-                console.print(f"[dim]not converted (no image):[/] series {uid} ({e['modality'] or '?'})", highlight=False)
+                console.print(f"[dim]not converted (no image):[/] series {literal(uid)} ({literal(e['modality'] or '?')})", highlight=False)
             for w in e["warnings"] if e["output"] else []:
-                err.print(f"  [yellow]warning:[/] {w}", highlight=False)
+                err.print(f"  [yellow]warning:[/] {literal(w)}", highlight=False)
+        truncated = [k for k in result.index["skipped"] if k.get("damaged")]
+        for k in truncated:  # damaged files are named; the other skips (non-DICOM...) are in series.json
+            err.print(f"  [yellow]unreadable:[/] {literal(k['path'])}: {literal(k['reason'])}", highlight=False)
         if result.index["skipped"]:
-            console.print(f"{len(result.index['skipped'])} file(s) skipped (reasons in {SERIES_JSON})")
-        console.print(f"{result.n_converted} series converted, {result.n_failed} failed → {result.out_dir / SERIES_JSON}")
+            console.print(f"{len(result.index['skipped'])} file(s) skipped (reasons in {SERIES_JSON})", highlight=False)
+        console.print(
+            f"{result.n_converted} series converted, {result.n_failed} failed → {literal(result.out_dir / SERIES_JSON)}", highlight=False
+        )
         if result.n_converted == 0 and result.n_failed == 0:
-            err.print(f"[bold red]error:[/] no image series found in {input_path}")
+            err.print(f"[bold red]error:[/] no image series found in {literal(input_path)}", highlight=False)
             raise typer.Exit(1)
         if not result.ok:
             raise typer.Exit(1)

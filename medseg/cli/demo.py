@@ -39,12 +39,14 @@ def register(app: typer.Typer) -> None:
         res = run_demo(out, checkpoint=checkpoint, train_overrides=tuple(overrides), device=device, progress=progress)
         total = time.perf_counter() - t0
 
+        from medseg.terminal import literal
+
         table = Table(title="DICOM tree → batch segmentation", show_lines=False)
         for col in ("series folder", "status", "outputs / reason"):
             table.add_column(col, overflow="fold")
         for s in res.summary.get("series", []):
             detail = s["reason"] or ", ".join(s["outputs"].values())
-            table.add_row(s["source"], s["status"], detail)
+            table.add_row(literal(s["source"]), literal(s["status"]), literal(detail))
         console.print(table)
         ev = res.summary.get("evaluation") or {}
         rows = ev.get("rows") or []
@@ -54,7 +56,7 @@ def register(app: typer.Typer) -> None:
                 t.add_column(col, justify="right" if col not in ("case", "label") else "left")
             for r in rows:
                 t.add_row(
-                    str(r.get("case")), str(r.get("name")), _f(r.get("dice")), _f(r.get("hd95"), 1),
+                    literal(r.get("case")), literal(r.get("name")), _f(r.get("dice")), _f(r.get("hd95"), 1),
                     _f(r.get("volume_gt_ml"), 1), _f(r.get("volume_pred_ml"), 1),
                 )
             console.print(t)
@@ -69,12 +71,12 @@ def register(app: typer.Typer) -> None:
         ]
         for name, path in items:
             if path is not None:
-                console.print(f"  {name:40s} {path}")
+                console.print(f"  {name:40s} {literal(path)}", highlight=False)
         console.print(
             "  timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in res.timings_s.items()) + f"; total {total:.0f} s"
         )
         for m in res.missing:
-            console.print(f"[yellow]missing:[/] {m}")
+            console.print(f"[yellow]missing:[/] {literal(m)}", highlight=False)
 
 
 def _f(v, digits: int = 3) -> str:

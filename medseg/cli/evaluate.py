@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from medseg.report import evaluate_folders, parse_label_names
+        from medseg.terminal import literal
 
         result = evaluate_folders(
             gt, pred, out, labels=parse_label_names(labels), images=images, nsd_tolerance_mm=nsd_tolerance,
@@ -42,14 +43,17 @@ def register(app: typer.Typer) -> None:
         table.add_column("inf", justify="right")
         for name, s in result.summary["per_label"].items():
             cells = ["–" if s[k]["mean"] is None else f"{s[k]['mean']:.3f}" for k in ("dice", "iou", "hd", "hd95", "assd", "nsd")]
-            table.add_row(name, *cells, str(s["hd"]["inf"]))
+            table.add_row(literal(name), *cells, str(s["hd"]["inf"]))
         console.print(table)
-        console.print(f"wrote {result.metrics_csv}, {result.summary_json}, {result.report_html}")
+        console.print(f"wrote {literal(result.metrics_csv)}, {literal(result.summary_json)}, {literal(result.report_html)}", highlight=False)
         err = Console(stderr=True)
         for case in result.missing:
-            err.print(f"[yellow]missing prediction:[/] {case}")
+            err.print(f"[yellow]missing prediction:[/] {literal(case)}", highlight=False)
         for case, msg in result.failed.items():
-            err.print(f"[bold red]failed:[/] {case}: {msg}", highlight=False)
+            err.print(f"[bold red]failed:[/] {literal(case)}: {literal(msg)}", highlight=False)
         if not result.ok:
-            err.print(f"[bold red]error:[/] {len(result.missing)} missing and {len(result.failed)} failed case(s); see {result.report_html}")
+            err.print(
+                f"[bold red]error:[/] {len(result.missing)} missing and {len(result.failed)} failed case(s); "
+                f"see {literal(result.report_html)}", highlight=False,
+            )
             raise typer.Exit(1)

@@ -26,19 +26,20 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from medseg.inference.export import compare_with_float, export_model
+        from medseg.terminal import literal
 
         path = export_model(checkpoint, out, fmt=fmt.lower(), quantize=quantize)
         console = Console()
-        console.print(f"exported {checkpoint} → {path} (+ {path.name}.json)")
+        console.print(f"exported {literal(checkpoint)} → {literal(path)} (+ {literal(path.name)}.json)", highlight=False)
         if check is not None:
             from medseg.io import load_volume
 
             res = compare_with_float(checkpoint, path, load_volume(check))
-            table = Table(title=f"{path.name} vs float checkpoint on {check.name}")
+            table = Table(title=f"{literal(path.name)} vs float checkpoint on {literal(check.name)}")
             table.add_column("label")
             table.add_column("Dice vs float", justify="right")
             for name, d in res["dice"].items():
-                table.add_row(name, f"{d:.4f}")
+                table.add_row(literal(name), f"{d:.4f}")
             console.print(table)
             console.print(
                 f"segment_volume time: float {res['float_s']:.2f} s, exported {res['exported_s']:.2f} s "

@@ -114,10 +114,19 @@ def print_batch_result(result: object, title: str) -> None:
             f"{r.seconds:.1f}" if r.seconds is not None else "-", literal(detail),
         )
     console.print(table)
+    from medseg.io.dicom import is_damaged
+
+    damaged = [u for u in result.unreadable_files if is_damaged(u["reason"])]  # type: ignore[attr-defined]
+    err = Console(stderr=True)
+    for u in damaged[:20]:  # damaged files by name; every skipped file is in the manifest
+        err.print(f"[yellow]unreadable:[/] {literal(u['path'])}: {literal(u['reason'])}", highlight=False)
+    if len(damaged) > 20:
+        err.print(f"[yellow]unreadable:[/] … and {len(damaged) - 20} more (see the manifest)", highlight=False)
     console.print(
         f"{result.n_done} done, {result.n_skipped} skipped, {result.n_failed} failed"  # type: ignore[attr-defined]
         + (f", {len(result.unreadable_files)} unreadable files" if result.unreadable_files else "")  # type: ignore[attr-defined]
-        + f" — manifest: {literal(result.manifest_path)}"  # type: ignore[attr-defined]
+        + f" — manifest: {literal(result.manifest_path)}",  # type: ignore[attr-defined]
+        highlight=False,
     )
     if not result.ok:  # type: ignore[attr-defined]
         raise typer.Exit(code=1)

@@ -37,8 +37,10 @@ def register(app: typer.Typer) -> None:
 
         run_dir = train(workflow, overrides=list(set_), resume=resume, device=device, nproc=nproc)
         if _is_main():
-            typer.echo(f"run folder: {run_dir}")
-            typer.echo(f"best checkpoint: {run_dir / 'checkpoints' / 'best.pt'}")
+            from medseg.terminal import printable
+
+            typer.echo(f"run folder: {printable(run_dir)}")
+            typer.echo(f"best checkpoint: {printable(run_dir / 'checkpoints' / 'best.pt')}")
 
 
 def _is_main() -> bool:

@@ -14,6 +14,7 @@ Every model forbids unknown keys, so a misspelled option is an error (see
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -138,8 +139,23 @@ class PreprocessingConfig(_Strict):
     @field_validator("spacing_mm")
     @classmethod
     def _three(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and (len(v) != 3 or any(s <= 0 for s in v)):
-            raise ValueError(f"spacing_mm needs three positive values in mm, got {v}")
+        # `not s > 0` also refuses NaN (NaN <= 0 is False), which would reach the checkpoint's plan
+        if v is not None and (len(v) != 3 or any(not (s > 0 and math.isfinite(s)) for s in v)):
+            raise ValueError(f"spacing_mm needs three finite positive values in mm, got {v}")
+        return v
+
+    @field_validator("hu_window")
+    @classmethod
+    def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (math.isfinite(v[0]) and math.isfinite(v[1]) and v[0] < v[1]):
+            raise ValueError(f"hu_window needs [lower, upper] HU with lower < upper, both finite, e.g. [-200, 300]; got {list(v)}")
+        return v
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not (0.0 <= v[0] < v[1] <= 100.0):
+            raise ValueError(f"percentiles needs [lower, upper] with 0 <= lower < upper <= 100, e.g. [0.5, 99.5]; got {list(v)}")
         return v
 
     def plan(self) -> dict[str, Any]:

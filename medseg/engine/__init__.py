@@ -41,7 +41,7 @@ def _check_run_dir(cfg: WorkflowConfig, run_dir: Path, resume: bool) -> None:
 
 
 def _prepare_run_dir(cfg: WorkflowConfig, run_dir: Path, resume: bool) -> None:
-    from medseg.io.atomic import write_text_atomic
+    from medseg.io.atomic import remove_partial_files, write_text_atomic
 
     if not resume and cfg.output.overwrite:
         for sub in ("checkpoints", "tensorboard"):
@@ -49,6 +49,8 @@ def _prepare_run_dir(cfg: WorkflowConfig, run_dir: Path, resume: bool) -> None:
         for name in ("metrics.csv", "validation_cases.csv", "train.log"):
             (run_dir / name).unlink(missing_ok=True)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for stale in remove_partial_files(run_dir / "checkpoints"):  # a save killed mid-write
+        log.info("removed %s, left by an interrupted checkpoint save", stale.name)
     if resume and (run_dir / "config.yaml").is_file():
         import yaml
 
@@ -95,6 +97,8 @@ def train(
     Raises:
         ConfigError: invalid workflow, run directory already used (without ``--resume`` or
             ``output.overwrite``), nothing to resume. InputError/GeometryError: bad data.
+        DataError: cases that cannot be trained on (`medseg.data.preflight.check_training_cases`
+            lists them all before the first epoch).
         TrainingError: a non-finite loss or weight (the step, epoch and cases are named).
     """
     from medseg.engine.distributed import barrier, close_distributed, init_distributed, launch
@@ -123,9 +127,13 @@ def train(
                 log.setLevel(logging.INFO)
             log.info("run %s on %s (%d process%s)", run_dir, ctx.device, ctx.world_size, "es" if ctx.distributed else "")
         barrier(ctx)
+        from medseg.data.preflight import check_training_cases
+        from medseg.data.transform_errors import medseg_errors_unwrapped
         from medseg.engine.loop import run_training
 
-        run_training(cfg, run_dir, resume, ctx)
+        check_training_cases(cfg)  # every case, before the first epoch: one DataError listing all
+        with medseg_errors_unwrapped():
+            run_training(cfg, run_dir, resume, ctx)
     finally:
         log.setLevel(old_level)
         if handler is not None:

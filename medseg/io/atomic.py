@@ -50,6 +50,28 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
         raise
 
 
+def remove_partial_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files `atomic_path` left in `folder` when a process was killed.
+
+    A kill between the temp file's creation and its ``os.replace`` leaves
+    ``.<name>.<random>.part<suffix>`` behind (e.g. ``checkpoints/.last.pt.x1y2.part.pt``).
+    Call this when a run (re)starts in a folder no other process writes to at that moment.
+
+    Returns:
+        The files removed (none when the folder does not exist).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    removed = []
+    for p in sorted(root.glob(".*.part*")):
+        if p.is_file() and ".part" in p.name:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
 def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> Path:
     """Write `data` to `target` atomically and return the path."""
     with atomic_path(target) as tmp:

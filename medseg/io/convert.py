@@ -173,7 +173,8 @@ def convert_to_nifti(
         {"series": [{"series_instance_uid", "output" (relative path or null), "modality",
                      "shape", "spacing", "orientation", "n_files", "warnings": [...],
                      "error": null or text}],
-         "skipped": [{"path", "reason"}]}
+         "skipped": [{"path", "reason", "damaged" (a truncated/unreadable DICOM file, vs
+                      not DICOM or left out of a stack)}]}
 
     Non-image series (SR, SEG, RTSTRUCT…) are listed with ``output: null`` and a warning.
     Files left out of a series' main stack (localizer, duplicates) are listed in "skipped".
@@ -192,7 +193,7 @@ def convert_to_nifti(
     Raises:
         InputError: `input_path` does not exist (a bad series is reported, not raised).
     """
-    from medseg.io.dicom import read_dicom_series, scan_dicom_folder
+    from medseg.io.dicom import is_damaged, read_dicom_series, scan_dicom_folder
     from medseg.io.nifti import read_volume
 
     src = Path(input_path)
@@ -210,6 +211,7 @@ def convert_to_nifti(
         try:
             vol = read_volume(src)
             summary.shape, summary.spacing, summary.orientation = list(vol.shape), _round_list(vol.spacing), vol.orientation
+            summary.warnings = list(vol.meta.get("warnings", []))
             write_nifti(vol, out / name)
             entries.append(_entry(summary, name, None))
             n_ok += 1
@@ -218,7 +220,7 @@ def convert_to_nifti(
             n_failed += 1
     else:
         scan = scan_dicom_folder(src, progress=progress)
-        skipped.extend({"path": _rel(k.path, src), "reason": k.reason} for k in scan.skipped)
+        skipped.extend({"path": _rel(k.path, src), "reason": k.reason, "damaged": is_damaged(k.reason)} for k in scan.skipped)
         series_list = scan.series
         if progress:
             from tqdm import tqdm
@@ -228,13 +230,15 @@ def convert_to_nifti(
             series_iter = series_list
         for s in series_iter:
             summary = describe_series(s)
-            skipped.extend({"path": _rel(k.path, src), "reason": f"{s.label}: {k.reason}"} for k in s.ignored)
+            skipped.extend({"path": _rel(k.path, src), "reason": f"{s.label}: {k.reason}", "damaged": False} for k in s.ignored)
             if not s.is_image:
                 entries.append(_entry(summary, None, None))
                 continue
             name = f"{series_stem(s.series_number, s.series_description, s.series_instance_uid)}.nii.gz"
             try:
                 vol = read_dicom_series(s, threads=threads, processes=processes)
+                # what reading found (interpolated slices, repaired voxels) joins the scan's warnings
+                summary.warnings += [w for w in vol.meta.get("warnings", []) if w not in summary.warnings and w != s.error]
                 write_nifti(vol, out / name)
             except MedsegError as exc:
                 log.error("%s: %s", s.label, exc)

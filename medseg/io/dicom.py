@@ -9,7 +9,12 @@ affine.
 DICOM quirks handled here (each is a test in ``tests/io/test_dicom.py``):
 - any file names, nested folders, DICOMDIR files ignored (the tree is scanned directly);
 - files without the 128-byte preamble/'DICM' marker, implicit/explicit VR, big endian;
-- empty, truncated, non-DICOM files → `SkippedFile` with a reason;
+- empty, truncated, non-DICOM files → `SkippedFile` with a reason (a file cut inside its
+  header is "truncated", by name, and the series whose UID it still shows carries a warning);
+- undecodable slices (damaged JPEG 2000, pixel data cut short, RescaleSlope 0 or implausible)
+  are missing slices: interpolated from their neighbours like a gap, with a warning naming the
+  file; more than `MAX_MISSING_SLICE_FRACTION` (10 %) of a series missing fails it
+  (README "Input handling");
 - non-image objects (SR, RTSTRUCT, SEG, PR, RT plan/dose, KOS, PDF…) → ``is_image=False``;
 - several geometries in one series (localizer among axials) → main stack + ignored extras;
 - order by position along the normal (never InstanceNumber or file name), feet-first,
@@ -41,7 +46,7 @@ from medseg.errors import DicomError
 from medseg.io.dicom_fastheader import read_flat_header
 from medseg.io.dicom_geometry import StackGeometry, build_stack_geometry, orientation_key
 from medseg.io.orientation import lps_to_ras_affine
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, replace_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,18 @@ NON_IMAGE_MODALITIES = {"SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SEG",
 #: not by UID: a PerFrameFunctionalGroupsSequence / SharedFunctionalGroupsSequence.
 
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+
+#: A series whose undecodable / invalid / unreadable slices exceed this share of its slices
+#: fails; up to it they are interpolated from their neighbours like gaps (with a warning).
+MAX_MISSING_SLICE_FRACTION = 0.10
+#: Largest |RescaleSlope| accepted for CT: HU come from 12-16-bit stored values with slope 1
+#: (rarely 0.5-2); a slope beyond 1000 puts values far outside any tissue (-1024..~30000 HU).
+MAX_CT_RESCALE_SLOPE = 1e3
+#: Largest |RescaleIntercept| accepted for CT (HU).
+MAX_CT_RESCALE_INTERCEPT = 1e5
+#: Other modalities: the largest rescaled value must stay below this (float32 holds 3.4e38;
+#: the margin keeps windowing and network arithmetic finite).
+MAX_RESCALED_VALUE = 1e30
 _ITEM = 0xFFFEE000
 _SEQ_DELIM = 0xFFFEE0DD
 
@@ -91,6 +108,15 @@ class SkippedFile:
 
     path: Path
     reason: str
+    #: SeriesInstanceUID read from the file before it broke off ('' if none could be read).
+    series_instance_uid: str = ""
+
+
+def is_damaged(reason: str) -> bool:
+    """True when a `SkippedFile` reason says the file is a damaged DICOM file (truncated,
+    unreadable, corrupt pixel data, empty...) rather than something that is not DICOM at all
+    or a DICOMDIR index: the CLI names damaged files, and only counts the others."""
+    return not reason.startswith(("not a DICOM", "DICOMDIR"))
 
 
 @dataclass
@@ -131,6 +157,8 @@ class DicomFrame:
         slope, intercept: modality rescale (RescaleSlope/RescaleIntercept), 1/0 if absent.
         instance_number: InstanceNumber (tie-break only; never used for ordering).
         is_localizer: ImageType says LOCALIZER / SCOUT.
+        invalid: why the slice's values cannot be used (RescaleSlope 0, implausible rescale);
+            such a slice is treated as missing (interpolated), like an undecodable one.
     """
 
     path: Path
@@ -142,6 +170,7 @@ class DicomFrame:
     intercept: float = 0.0
     instance_number: int | None = None
     is_localizer: bool = False
+    invalid: str | None = None
 
 
 @dataclass
@@ -180,6 +209,8 @@ class DicomSeries:
         is_image: False for SR, RTSTRUCT, SEG, PR, RT plan/dose and other non-image objects.
         n_files: number of files carrying this SeriesInstanceUID (main stack + extras).
         ignored: files of this series left out of the main stack, with the reason.
+        unreadable: files the scan could not read (truncated...) whose SeriesInstanceUID says
+            they belong here; they also appear in `DicomScan.skipped`.
         shape: ``(columns, rows, slices)`` of the volume `read_dicom_series` returns.
         affine: its 4×4 voxel→RAS affine (None for non-image series).
         error: why the series cannot be read (then `read_dicom_series` raises DicomError).
@@ -206,6 +237,7 @@ class DicomSeries:
     frames: list[DicomFrame] = field(default_factory=list, repr=False)
     geometry: StackGeometry | None = field(default=None, repr=False)
     headers: dict[Path, DicomFileHeader] = field(default_factory=dict, repr=False)
+    unreadable: list[SkippedFile] = field(default_factory=list, repr=False)
 
     @property
     def spacing(self) -> tuple[float, float, float] | None:
@@ -364,6 +396,7 @@ def _check_pixel_element(fp: Any, file_size: int, layout: PixelLayout, implicit_
         # Walk the fragment items: a truncated file has an item running past EOF or no
         # sequence delimiter. Only item headers are read (a seek per fragment).
         pos = value_offset
+        n_items = 0
         while True:
             fp.seek(pos)
             item = fp.read(8)
@@ -372,7 +405,12 @@ def _check_pixel_element(fp: Any, file_size: int, layout: PixelLayout, implicit_
             g, e, item_len = struct.unpack("<HHI", item)  # encapsulation is always little endian
             item_tag = (g << 16) | e
             if item_tag == _SEQ_DELIM:
+                # each frame needs at least one fragment after the basic offset table item
+                if n_items - 1 < layout.n_frames:
+                    return (f"NumberOfFrames is {layout.n_frames} but the compressed pixel data hold only "
+                            f"{max(n_items - 1, 0)} fragment(s): damaged header")
                 return None
+            n_items += 1
             if item_tag != _ITEM:
                 return f"corrupt compressed pixel data (unexpected tag {item_tag:08X} among fragments)"
             pos += 8 + item_len
@@ -488,6 +526,15 @@ def _header_from_dataset(path: Path, ds: Any, fp: Any, size: int) -> DicomFileHe
         return header
     rows, cols = _as_int(_get(ds, "Rows")), _as_int(_get(ds, "Columns"))
     if not rows or not cols:
+        sop_name = _sop_class_name(sop_class)
+        if "Image Storage" in sop_name and _at_end(fp, size):
+            # An image object whose data set stops before Rows/Columns or its pixel data: a
+            # file cut short (copy interrupted, partial download), not an object without pixels.
+            return SkippedFile(
+                path,
+                f"truncated: the file ends after {size} bytes, inside its header ({sop_name}, no pixel data)",
+                header.series_instance_uid,
+            )
         header.non_image_kind = "no pixel data"
         return header
     bits_allocated = _as_int(_get(ds, "BitsAllocated")) or 16
@@ -511,13 +558,59 @@ def _header_from_dataset(path: Path, ds: Any, fp: Any, size: int) -> DicomFileHe
     else:
         reason = _check_pixel_element(fp, size, layout, implicit)
     if reason is not None:
-        return SkippedFile(path, reason)
+        return SkippedFile(path, reason, header.series_instance_uid)
     header.pixels = layout
-    header.frames = _frames_from_dataset(path, ds, layout, image_type)
+    header.frames = _frames_from_dataset(path, ds, layout, image_type, modality)
     return header
 
 
-def _frames_from_dataset(path: Path, ds: Any, layout: PixelLayout, image_type: tuple[str, ...]) -> list[DicomFrame]:
+def _at_end(fp: Any, size: int) -> bool:
+    """True when the header reader stopped at the end of the file (nothing left to read)."""
+    try:
+        return fp.tell() >= size or not fp.read(8)
+    except (OSError, ValueError):
+        return True
+
+
+def _rescale(slope_value: Any, intercept_value: Any, layout: PixelLayout, modality: str) -> tuple[float, float, str | None]:
+    """``(slope, intercept, why invalid or None)`` of a slice's modality rescale.
+
+    Absent values mean slope 1 / intercept 0. A slope of 0 (every value becomes the intercept),
+    a value that is not a finite number, and an implausible rescale (CT: |slope| above
+    `MAX_CT_RESCALE_SLOPE` or |intercept| above `MAX_CT_RESCALE_INTERCEPT`; other modalities:
+    values beyond `MAX_RESCALED_VALUE`) make the slice invalid: it is read as a missing slice.
+    """
+    def number(value: Any, default: float, name: str) -> tuple[float, str | None]:
+        if value is None or value == "":
+            return default, None
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return default, f"{name} {str(value)[:40]!r} is not a number"
+        if not np.isfinite(v):
+            return default, f"{name} is {v}"
+        return v, None
+
+    slope, bad_slope = number(slope_value, 1.0, "RescaleSlope")
+    intercept, bad_intercept = number(intercept_value, 0.0, "RescaleIntercept")
+    why = bad_slope or bad_intercept
+    if why is None and slope == 0.0:
+        why = "RescaleSlope is 0 (every pixel would have the intercept's value)"
+    if why is None and modality == "CT":
+        if abs(slope) > MAX_CT_RESCALE_SLOPE:
+            why = f"RescaleSlope {slope:g} is implausible for CT (|slope| > {MAX_CT_RESCALE_SLOPE:g})"
+        elif abs(intercept) > MAX_CT_RESCALE_INTERCEPT:
+            why = f"RescaleIntercept {intercept:g} is implausible for CT (|intercept| > {MAX_CT_RESCALE_INTERCEPT:g} HU)"
+    if why is None:
+        largest = abs(slope) * float(1 << min(layout.bits_stored, 64)) + abs(intercept)
+        if largest > MAX_RESCALED_VALUE:
+            why = f"RescaleSlope {slope:g} / RescaleIntercept {intercept:g} give values up to {largest:.3g} (> {MAX_RESCALED_VALUE:g})"
+    return slope, intercept, why
+
+
+def _frames_from_dataset(
+    path: Path, ds: Any, layout: PixelLayout, image_type: tuple[str, ...], modality: str = ""
+) -> list[DicomFrame]:
     is_localizer = any(t in ("LOCALIZER", "SCOUT", "TOPOGRAM") for t in image_type)
     instance = _as_int(_get(ds, "InstanceNumber"))
     shared = _first_item(ds, "SharedFunctionalGroupsSequence")
@@ -540,6 +633,7 @@ def _frames_from_dataset(path: Path, ds: Any, layout: PixelLayout, image_type: t
             slope = slope if slope is not None else _get(ds, "RescaleSlope")
             intercept = intercept if intercept is not None else _get(ds, "RescaleIntercept")
             ps = _as_float_list(spacing, 2) if spacing is not None else None
+            slope_f, intercept_f, invalid = _rescale(slope, intercept, layout, modality)
             frames.append(
                 DicomFrame(
                     path=path,
@@ -547,23 +641,26 @@ def _frames_from_dataset(path: Path, ds: Any, layout: PixelLayout, image_type: t
                     position=_as_float_list(pos, 3) if pos is not None else None,
                     orientation=_as_float_list(ori, 6) if ori is not None else None,
                     pixel_spacing=(float(ps[0]), float(ps[1])) if ps is not None else None,
-                    slope=_as_float(slope, 1.0) or 1.0,
-                    intercept=_as_float(intercept, 0.0) or 0.0,
+                    slope=slope_f,
+                    intercept=intercept_f,
                     instance_number=instance,
                     is_localizer=is_localizer or "LOCALIZER" in {str(t).upper() for t in frame_type},
+                    invalid=invalid,
                 )
             )
         return frames
     pos, ori, spacing = _get(ds, "ImagePositionPatient"), _get(ds, "ImageOrientationPatient"), _get(ds, "PixelSpacing")
     ps = _as_float_list(spacing, 2) if spacing is not None else None
+    slope_f, intercept_f, invalid = _rescale(_get(ds, "RescaleSlope"), _get(ds, "RescaleIntercept"), layout, modality)
     common = dict(
         position=_as_float_list(pos, 3) if pos is not None else None,
         orientation=_as_float_list(ori, 6) if ori is not None else None,
         pixel_spacing=(float(ps[0]), float(ps[1])) if ps is not None else None,
-        slope=_as_float(_get(ds, "RescaleSlope"), 1.0) or 1.0,
-        intercept=_as_float(_get(ds, "RescaleIntercept"), 0.0) or 0.0,
+        slope=slope_f,
+        intercept=intercept_f,
         instance_number=instance,
         is_localizer=is_localizer,
+        invalid=invalid,
     )
     if layout.n_frames == 1:
         return [DicomFrame(path=path, frame_index=None, **common)]
@@ -618,6 +715,13 @@ def scan_dicom_folder(root: PathLike, progress: bool = False) -> DicomScan:
     for s in skipped:
         log.debug("skipped %s: %s", s.path, s.reason)
     series = group_into_series(headers)
+    by_uid = {s.series_instance_uid: s for s in series}
+    for k in skipped:
+        owner = by_uid.get(k.series_instance_uid) if k.series_instance_uid else None
+        if owner is not None:
+            # the file belonged to this series: its slice is missing (a gap the reader fills)
+            owner.unreadable.append(k)
+            owner.warnings.append(f"file {k.path.name} of this series is unreadable ({k.reason}): its slice is missing")
     return DicomScan(series=series, skipped=skipped)
 
 
@@ -854,9 +958,15 @@ def read_dicom_series(
         ``source_frames`` (per slice ``[file index, frame index or None]``, or None for a
         slice interpolated between neighbours), ``warnings`` and ``format='dicom'``.
 
+    Undecodable or invalid slices (damaged compressed data, RescaleSlope 0 or implausible)
+    are missing slices: interpolated from their neighbours with a warning naming the file,
+    up to `MAX_MISSING_SLICE_FRACTION` of the series. NaN/±Inf values follow
+    `medseg.io.volume.replace_non_finite` (finite minimum, warning; refused above 10 %).
+
     Raises:
-        DicomError: no/several image series at the path, an inconsistent stack, or pixel
-            data that cannot be decoded (the message names the file and the decoder needed).
+        DicomError: no/several image series at the path, an inconsistent stack, or more than
+            10 % of the slices undecodable (the message names the files and the decoder needed).
+        InputError: no finite voxel, or more than 10 % non-finite.
     """
     from medseg.io.dicom_pixels import decode_stack
 
@@ -868,17 +978,27 @@ def read_dicom_series(
         raise DicomError(f"series {series.label} uid={series.series_instance_uid}: {series.error or 'no geometry'}")
     geo = series.geometry
     kept = [series.frames[i] for i in geo.order]
-    stack = decode_stack(kept, series.headers, threads=threads, processes=processes)  # (n_kept, rows, cols[, s])
+    _check_declared_size(series, len(kept))
+    failures: dict[int, str] = {}
+    stack = decode_stack(kept, series.headers, threads=threads, processes=processes, failures=failures)  # (n_kept, rows, cols[, s])
+    warnings_out = list(series.warnings)
+    if failures or series.unreadable:
+        warnings_out += _fill_missing_slices(series, kept, stack, failures)
     if geo.interpolation is not None:
         stack = _interpolate_slices(stack, geo.interpolation)
     array = np.moveaxis(stack, (0, 1, 2), (2, 1, 0)) if stack.ndim == 4 else stack.transpose(2, 1, 0)
+    array, repaired = replace_non_finite(array, f"series {series.label} uid={series.series_instance_uid}")
+    if repaired is not None:
+        log.warning("%s: %s", series.label, repaired)
+        warnings_out.append(repaired)
 
     file_index = {p: n for n, p in enumerate(series.files)}
     if geo.interpolation is None:
-        source_frames: list[Any] = [[file_index[fr.path], fr.frame_index] for fr in kept]
+        source_frames: list[Any] = [None if k in failures else [file_index[fr.path], fr.frame_index] for k, fr in enumerate(kept)]
     else:
         source_frames = [
-            [file_index[kept[a].path], kept[a].frame_index] if a == b else None for a, b, _ in geo.interpolation
+            [file_index[kept[a].path], kept[a].frame_index] if a == b and a not in failures else None
+            for a, b, _ in geo.interpolation
         ]
     meta = {
         "format": "dicom",
@@ -892,11 +1012,97 @@ def read_dicom_series(
         "source_files": [str(p) for p in series.files],
         "source_frames": source_frames,
         "source_headers": _source_headers(series),
-        "warnings": list(series.warnings),
+        "warnings": warnings_out,
     }
     for w in series.warnings:  # returned in meta["warnings"]; callers decide how loud to be
         log.info("%s: %s", series.label, w)
     return Volume(array, lps_to_ras_affine(geo.affine_lps), meta)
+
+
+def _check_declared_size(series: DicomSeries, n_frames: int) -> None:
+    """Refuse a stack whose declared size (Rows × Columns × slices) exceeds this machine's memory.
+
+    Compressed pixel data reveal their real size only when decoded, and a damaged or hostile
+    header can declare 65535 × 65535 pixels: the output array would be allocated first.
+    """
+    layout = series.headers[series.frames[0].path].pixels
+    assert layout is not None
+    n_bytes = n_frames * layout.rows * layout.columns * layout.samples_per_pixel * 4  # up to float32
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no limit known
+        return
+    if n_bytes > 0.8 * memory:
+        raise DicomError(
+            f"series {series.label} uid={series.series_instance_uid}: the headers declare {n_frames} slice(s) of "
+            f"{layout.rows}×{layout.columns} pixels ({n_bytes / 2**30:.1f} GiB decoded), more than this machine's "
+            f"memory ({memory / 2**30:.1f} GiB); the Rows/Columns tags are probably damaged"
+        )
+
+
+def _fill_missing_slices(series: DicomSeries, kept: list[DicomFrame], stack: np.ndarray, failures: dict[int, str]) -> list[str]:
+    """medseg's rule for undecodable/invalid slices: a missing slice, interpolated like a gap.
+
+    Fills ``stack[k]`` of every failed slot k in place by linear interpolation (along the
+    slice normal) between the nearest decoded slices on either side (the nearest one at an
+    end of the stack), and returns the warnings naming the files.
+
+    Raises:
+        DicomError: more than `MAX_MISSING_SLICE_FRACTION` of the series' slices are
+            missing (undecodable, invalid, or in files the scan could not read), or none
+            could be decoded; the message names the first files and why.
+    """
+    n_missing = len(failures) + len(series.unreadable)
+    n_total = len(kept) + len(series.unreadable)
+    bad_files: dict[Path, str] = {}
+    for k in sorted(failures):
+        bad_files.setdefault(kept[k].path, " ".join(failures[k].split()))  # one line per reason
+    for k in series.unreadable:
+        bad_files.setdefault(k.path, k.reason)
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for p, why in bad_files.items():
+        by_reason[why].append(p.name)
+    listing = "; ".join(
+        f"{', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''}: {why}"
+        for why, names in by_reason.items()
+    )
+    more = ""
+    name = f"series {series.label} uid={series.series_instance_uid}"
+    good = [k for k in range(len(kept)) if k not in failures]
+    if not good or n_missing > MAX_MISSING_SLICE_FRACTION * n_total:
+        raise DicomError(
+            f"{name}: {n_missing} of {n_total} slice(s) cannot be used, more than the "
+            f"{100 * MAX_MISSING_SLICE_FRACTION:g} % medseg interpolates ({listing}{more}); "
+            "re-export the series or remove the damaged files"
+        )
+    if kept[0].position is not None and kept[0].orientation is not None and all(fr.position is not None for fr in kept):
+        from medseg.io.dicom_geometry import slice_normal
+
+        normal = slice_normal(kept[0].orientation)
+        where = np.array([float(np.dot(fr.position, normal)) for fr in kept])
+    else:
+        where = np.arange(len(kept), dtype=np.float64)
+    good_arr = np.array(good)
+    integer = np.issubdtype(stack.dtype, np.integer)
+    for k in sorted(failures):
+        i = int(np.searchsorted(good_arr, k))
+        lo = good_arr[i - 1] if i > 0 else None
+        hi = good_arr[i] if i < len(good_arr) else None
+        if lo is None or hi is None or where[hi] == where[lo]:
+            stack[k] = stack[hi if lo is None else lo]
+            continue
+        w = float((where[k] - where[lo]) / (where[hi] - where[lo]))
+        v = (1.0 - w) * stack[lo].astype(np.float32) + w * stack[hi].astype(np.float32)
+        stack[k] = np.rint(v) if integer else v
+    if not failures:
+        return []
+    out = [
+        f"{len(failures)} slice(s) could not be used and were interpolated from their neighbours "
+        f"like missing slices ({listing}{more})"
+    ]
+    for p, why in bad_files.items():
+        log.warning("%s: %s: %s (slice interpolated)", series.label, p, why)
+    return out
 
 
 def _source_headers(series: DicomSeries) -> list[dict[str, Any]] | None:

@@ -68,7 +68,8 @@ def slice_normal(orientation: np.ndarray) -> np.ndarray:
     n = np.cross(row, col)
     norm = np.linalg.norm(n)
     if norm < 1e-6:
-        raise ValueError(f"degenerate ImageOrientationPatient {list(orientation)}")
+        values = ", ".join(f"{float(v):g}" for v in np.ravel(orientation))
+        raise ValueError(f"degenerate ImageOrientationPatient [{values}]: its row and column directions are parallel or zero")
     return n / norm
 
 

@@ -171,12 +171,21 @@ def _decode_task(path: Path, layout: PixelLayout, frame_indices: list[int | None
     return decode_frames(path, layout, frame_indices)
 
 
+def _decode_task_safe(path: Path, layout: PixelLayout, frame_indices: list[int | None]) -> np.ndarray | Exception:
+    """Like `_decode_task`, but returns the error instead of raising (one bad file is a gap)."""
+    try:
+        return decode_frames(path, layout, frame_indices)
+    except Exception as exc:  # noqa: BLE001 - decoders raise many error types
+        return DicomError(f"{path}: {type(exc).__name__}: {exc}") if not isinstance(exc, DicomError) else exc
+
+
 def decode_stack(
     frames: list[DicomFrame],
     headers: dict[Path, DicomFileHeader],
     *,
     threads: int | None = None,
     processes: int = 0,
+    failures: dict[int, str] | None = None,
 ) -> np.ndarray:
     """Decode and rescale `frames` (in that order) into one ``(n, rows, cols[, s])`` array.
 
@@ -188,20 +197,29 @@ def decode_stack(
         processes: if > 1, big JPEG-family series (`MIN_PIXELS_FOR_PROCESSES`) are decoded by
             that many worker processes ("spawn": a calling script needs an
             ``if __name__ == "__main__":`` guard).
+        failures: if given, a file that cannot be decoded (or a frame marked ``invalid``) is
+            not an error: ``failures[slot] = reason`` for each of its output slots, which are
+            left zero for the caller to fill (`medseg.io.dicom` interpolates them).
 
     Raises:
-        DicomError: a file cannot be decoded or its size differs from the stack's.
+        DicomError: without `failures`: a file cannot be decoded or its size differs from
+            the stack's.
     """
     first = headers[frames[0].path].pixels
     assert first is not None
-    out_dtype = output_dtype(frames, headers)
+    collect = failures is not None
+    valid = [fr for fr in frames if not (collect and fr.invalid)]
+    out_dtype = output_dtype(valid or frames, headers)
     shape: tuple[int, ...] = (len(frames), first.rows, first.columns)
     if first.samples_per_pixel > 1:
         shape += (first.samples_per_pixel,)
-    out = np.empty(shape, dtype=out_dtype)
+    out = (np.zeros if collect else np.empty)(shape, dtype=out_dtype)
 
     by_file: dict[Path, list[int]] = defaultdict(list)  # file → output slots, frames in order
     for slot, fr in enumerate(frames):
+        if collect and fr.invalid:
+            failures[slot] = fr.invalid  # type: ignore[index]
+            continue
         by_file[fr.path].append(slot)
 
     def place(path: Path, arr: np.ndarray) -> None:
@@ -224,10 +242,24 @@ def decode_stack(
         assert layout is not None
         return path, layout, [frames[s].frame_index for s in by_file[path]]
 
+    def failed(path: Path, exc: BaseException) -> None:
+        if not collect:
+            raise exc
+        text = str(exc)
+        prefix = f"{path}: "
+        reason = text[len(prefix):] if text.startswith(prefix) else f"{type(exc).__name__}: {text}"
+        for slot in by_file[path]:
+            failures[slot] = reason  # type: ignore[index]
+
     def work(path: Path) -> None:
-        place(path, decode_frames(*args(path)))
+        try:
+            place(path, decode_frames(*args(path)))
+        except Exception as exc:  # noqa: BLE001 - with `failures`, one bad slice is a missing slice
+            failed(path, exc)
 
     paths = list(by_file)
+    if not paths:
+        return out
     # Worker processes pay ~0.5 s to start: only for big series in GIL-holding codecs
     # (the JPEG family, 1.2.840.10008.1.2.4.x), e.g. 64+ JPEG 2000 slices of 512×512.
     gil_bound = any(headers[p].pixels.transfer_syntax.startswith("1.2.840.10008.1.2.4.") for p in paths)  # type: ignore[union-attr]
@@ -240,8 +272,15 @@ def decode_stack(
         with ProcessPoolExecutor(max_workers=n_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = [args(p) for p in paths]
             chunk = max(1, len(jobs) // (4 * n_proc))
-            for path, arr in zip(paths, pool.map(_decode_task, *zip(*jobs), chunksize=chunk)):
-                place(path, arr)
+            task = _decode_task_safe if collect else _decode_task
+            for path, arr in zip(paths, pool.map(task, *zip(*jobs), chunksize=chunk)):
+                if isinstance(arr, BaseException):
+                    failed(path, arr)
+                    continue
+                try:
+                    place(path, arr)
+                except DicomError as exc:
+                    failed(path, exc)
         return out
     n_threads = default_threads() if threads is None else max(1, int(threads))
     if n_threads == 1 or len(paths) == 1:

@@ -11,7 +11,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.io.orientation import affine_from_itk, itk_geometry_from_affine
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, replace_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,12 @@ def case_name(path: str | os.PathLike[str]) -> str:
 def read_nifti(path: str | os.PathLike[str]) -> Volume:
     """Read a NIfTI file into a `Volume` (array in the file's voxel order, RAS affine).
 
+    NaN/±Inf voxels follow medseg's policy (`medseg.io.volume.replace_non_finite`): replaced
+    by the finite minimum with a warning in ``meta["warnings"]``, refused above 10 %.
+
     Raises:
-        InputError: the file is missing, not NIfTI, truncated, or not 3-D/4-D.
+        InputError: the file is missing, not NIfTI, truncated, or not 3-D/4-D; no finite
+            voxel, or more than 10 % non-finite.
     """
     import nibabel as nib
 
@@ -59,11 +63,30 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
     if array.ndim not in (3, 4):
         raise InputError(f"{path}: expected a 3-D or 4-D image, found {array.ndim}-D shape {array.shape}")
     affine = img.affine if img.affine is not None else np.eye(4)
-    return Volume(array, affine, {"source_path": str(path), "format": "nifti"})
+    return _checked(Volume(array, affine, {"source_path": str(path), "format": "nifti"}), path)
+
+
+def _checked(volume: Volume, path: Path) -> Volume:
+    """Apply medseg's non-finite voxel policy (`replace_non_finite`) to a volume just read.
+
+    A repair is logged as a warning and recorded in ``volume.meta["warnings"]``; an image with
+    no finite voxel or more than `medseg.io.volume.MAX_NON_FINITE_FRACTION` of them refused.
+    """
+    volume.array, warning = replace_non_finite(volume.array, str(path))
+    if warning is not None:
+        log.warning("%s: %s", path, warning)
+        volume.meta.setdefault("warnings", []).append(warning)
+    return volume
 
 
 def read_itk(path: str | os.PathLike[str]) -> Volume:
-    """Read NRRD/MHA/MHD through SimpleITK into a `Volume` (LPS geometry converted to RAS)."""
+    """Read NRRD/MHA/MHD through SimpleITK into a `Volume` (LPS geometry converted to RAS).
+
+    Non-finite voxels as in `read_nifti` (repaired with a warning, refused above 10 %).
+
+    Raises:
+        InputError: missing/unreadable file, not 3-D, no finite voxel or > 10 % non-finite.
+    """
     import SimpleITK as sitk
 
     path = Path(path)
@@ -79,7 +102,7 @@ def read_itk(path: str | os.PathLike[str]) -> Volume:
     arr = sitk.GetArrayFromImage(img)  # (z, y, x[, c])
     arr = np.transpose(arr, (2, 1, 0) + tuple(range(3, arr.ndim)))
     affine = affine_from_itk(img.GetOrigin(), img.GetSpacing(), img.GetDirection())
-    return Volume(np.ascontiguousarray(arr), affine, {"source_path": str(path), "format": "itk"})
+    return _checked(Volume(np.ascontiguousarray(arr), affine, {"source_path": str(path), "format": "itk"}), path)
 
 
 def read_volume(path: str | os.PathLike[str]) -> Volume:

@@ -172,3 +172,62 @@ def box_copy(array: np.ndarray, box: tuple[slice, ...], like: np.ndarray | None 
     ref = array if like is None else like
     fortran = ref.flags.f_contiguous and not ref.flags.c_contiguous
     return np.asfortranarray(array[box]) if fortran else np.ascontiguousarray(array[box])
+
+
+#: Largest share of non-finite voxels (NaN, ±Inf) an image may hold and still be repaired by
+#: `replace_non_finite`; above it the image is refused (a scan that is 10 % holes is broken,
+#: not noisy, and a repaired copy would mislead a network and its user).
+MAX_NON_FINITE_FRACTION = 0.10
+
+
+def replace_non_finite(
+    array: np.ndarray, source: str, max_fraction: float = MAX_NON_FINITE_FRACTION
+) -> tuple[np.ndarray, str | None]:
+    """medseg's one policy for NaN/±Inf voxels in an image read from a file.
+
+    Every reader (NIfTI/NRRD/MHA in `medseg.io.nifti`, DICOM in `medseg.io.dicom`) calls this:
+    non-finite voxels are replaced by the image's finite minimum (air/background in CT and MR,
+    so a hole reads as "nothing there" rather than as tissue) and the repair is reported. A
+    NaN left in place makes every window/z-score NaN and a network predict background
+    everywhere without a word; replacing by 0 would paint water (0 HU) into a CT.
+
+    Args:
+        array: voxel data; integer and boolean arrays cannot hold NaN and are returned as is.
+        source: the file or series, named in the messages.
+        max_fraction: largest share of non-finite voxels that is repaired (default
+            `MAX_NON_FINITE_FRACTION`, 10 %).
+
+    Returns:
+        ``(array, warning)``: the array (repaired in place when writable, else a repaired copy)
+        and ``"N non-finite voxel(s) (x %) replaced by the finite minimum V"``, or None when
+        every voxel was finite.
+
+    Raises:
+        InputError: no voxel is finite, or more than `max_fraction` of them are not.
+    """
+    from medseg.errors import InputError
+
+    if array.dtype.kind not in "fc" or array.size == 0:
+        return array, None
+    finite = np.isfinite(array)
+    n_bad = int(array.size - np.count_nonzero(finite))
+    if n_bad == 0:
+        return array, None
+    share = n_bad / array.size
+    if n_bad == array.size:
+        raise InputError(
+            f"{source}: no voxel is finite (all {array.size} are NaN or ±Inf); the file is broken or was written "
+            "with a wrong data type — re-export the image"
+        )
+    if share > max_fraction:
+        raise InputError(
+            f"{source}: {n_bad} of {array.size} voxels ({100 * share:.1f} %) are NaN or ±Inf, more than the "
+            f"{100 * max_fraction:g} % medseg repairs; re-export the image or fill the holes first"
+        )
+    fill = array[finite].min()
+    if not array.flags.writeable:
+        array = array.copy()
+    array[~finite] = fill
+    return array, (
+        f"{n_bad} non-finite voxel(s) ({100 * share:.3g} %) replaced by the finite minimum {float(fill):g}"
+    )

@@ -32,7 +32,8 @@ class EvaluationResult:
     Attributes:
         out_dir: the output folder; `metrics_csv`, `summary_json`, `report_html` inside it.
         rows: one dict per evaluated case and label (keys: ``case`` + `medseg.metrics.ROW_KEYS`).
-        summary: the content of summary.json.
+        summary: the content of summary.json (``warnings``: negative label values, labels
+            absent from every case; ``per_label[name]["absent"]``).
         labels: ``{label value: name}`` that were evaluated.
         missing: cases with ground truth but no prediction (not scored).
         failed: ``{case: error message}`` for cases that could not be scored (unreadable file,
@@ -64,6 +65,7 @@ class _Outcome:
     rows: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
     label_names: dict[int, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def parse_label_names(text: str | None) -> dict[int, str] | None:
@@ -125,12 +127,25 @@ def _evaluate_pair(pair: CasePaths, labels: dict[int, str] | None, nsd_tolerance
         return _Outcome(pair.case, "missing")
     try:
         gt, pred, names = _load_pair(pair, resample)
+        notes = [w for w in (_negative_labels(gt.array, pair.gt, "ground truth"), _negative_labels(pred, pair.pred, "prediction")) if w]
         rows = evaluate_case(np.asarray(gt.array), pred, gt.spacing, labels=labels, nsd_tolerance_mm=nsd_tolerance_mm)
     except MedsegError as exc:
         return _Outcome(pair.case, "failed", error=str(exc))
     except (OSError, ValueError, MemoryError) as exc:
         return _Outcome(pair.case, "failed", error=f"{type(exc).__name__}: {exc}")
-    return _Outcome(pair.case, "ok", rows=rows, label_names=names)
+    return _Outcome(pair.case, "ok", rows=rows, label_names=names, warnings=notes)
+
+
+def _negative_labels(array: Any, path: Any, what: str) -> str | None:
+    """A warning when a label map holds negative values (scored as background), else None."""
+    a = np.asarray(array)
+    if a.dtype.kind not in "if" or a.size == 0:
+        return None
+    n = int(np.count_nonzero(a < 0))
+    if n == 0:
+        return None
+    return (f"{what} {path}: {n} voxel(s) with negative label values (e.g. {a.min():g}) are scored as background; "
+            "labels are 0 (background) or positive")
 
 
 def _worst_entries(rows: list[dict[str, Any]], labels: Mapping[int, str], n: int) -> list[dict[str, Any]]:
@@ -276,6 +291,15 @@ def evaluate_folders(
     failed = {o.case: o.error for o in ordered if o.status == "failed"}
 
     per_label = summarize(rows, wanted, n_missing=len(missing), n_failed=len(failed))
+    warnings = [w for o in ordered for w in o.warnings]
+    for name, s in per_label.items():
+        if s["absent"]:
+            warnings.append(
+                f"label {s['label']} ({name}) is absent from ground truth and prediction in all {s['cases']} evaluated case(s): "
+                "its Dice 1.0 / distance 0 are the both-empty convention, not a measurement; check the label value"
+            )
+    for w in warnings:
+        log.warning("%s", w)
     summary: dict[str, Any] = {
         "medseg_version": __version__,
         "ground_truth": str(gt),
@@ -292,6 +316,7 @@ def evaluate_folders(
             "unmatched_predictions": unmatched,
         },
         "per_label": per_label,
+        "warnings": warnings,
         "notes": "Statistics use finite values only; 'inf' counts cases with exactly one mask empty "
         "(distances undefined). std is the population std (ddof=0). IQR = q3 - q1 (numpy linear percentiles).",
     }
@@ -310,6 +335,7 @@ def evaluate_folders(
         unmatched=unmatched,
         worst=worst,
         nsd_tolerance_mm=nsd_tolerance_mm,
+        warnings=warnings,
     )
     metrics_csv = write_text_atomic(out / "metrics.csv", metrics_csv_text(rows))
     summary_json = write_json_atomic(out / "summary.json", summary)

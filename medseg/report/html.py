@@ -198,16 +198,20 @@ def render_html(
     unmatched: Sequence[str],
     worst: Sequence[Mapping[str, Any]],
     nsd_tolerance_mm: float,
+    warnings: Sequence[str] = (),
 ) -> str:
-    """The report page. `worst` holds ``{label, name, case, row, image_uri | None}`` entries."""
+    """The report page. `worst` holds ``{label, name, case, row, image_uri | None}`` entries;
+    `warnings` are shown at the top (labels absent everywhere, negative label values...)."""
     e = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style></head><body>"]
     parts.append(f"<h1>{e(title)}</h1>")
     parts.append("<p class='meta'>" + " · ".join(f"{e(str(k))}: <code>{e(str(v))}</code>" for k, v in meta.items()) + "</p>")
     n_cases = len({r["case"] for r in rows})
     parts.append(f"<p>{n_cases} case(s) evaluated, {len(labels)} label(s), NSD tolerance τ = {nsd_tolerance_mm:g} mm.</p>")
-    if missing or failed or unmatched:
+    if missing or failed or unmatched or warnings:
         parts.append("<div class='warn'>")
+        if warnings:
+            parts.append("<ul>" + "".join(f"<li>{e(w)}</li>" for w in warnings) + "</ul>")
         if missing:
             parts.append(f"<p class='bad'><b>{len(missing)} case(s) without a prediction</b> (not scored): {e(', '.join(missing))}</p>")
         if failed:
@@ -222,7 +226,8 @@ def render_html(
     parts.extend(f"<th>{e(METRIC_TITLES[k])}</th>" for k in PLOT_METRICS)
     parts.append("</tr>")
     for name, s in summary.items():
-        parts.append(f"<tr><td class='l'>{e(name)} ({s['label']})</td><td>{s['cases']}</td><td>{s['empty_both']} / {s['empty_gt']} / {s['empty_pred']}</td>")
+        absent = " <b class='bad'>absent</b>" if s.get("absent") else ""
+        parts.append(f"<tr><td class='l'>{e(name)} ({s['label']}){absent}</td><td>{s['cases']}</td><td>{s['empty_both']} / {s['empty_gt']} / {s['empty_pred']}</td>")
         for k in PLOT_METRICS:
             st = s[k]
             cell = "–" if st["mean"] is None else f"{_fmt(st['mean'])} ± {_fmt(st['std'])}<br><small>{_fmt(st['median'])} [{_fmt(st['iqr'])}]</small>"
@@ -263,7 +268,8 @@ def render_html(
     parts.extend(f"<th>{e(k)}</th>" for k in (*PLOT_METRICS, "volume_gt_ml", "volume_pred_ml"))
     parts.append("</tr>")
     for r in rows:
-        parts.append(f"<tr><td class='l'>{e(r['case'])}</td><td class='l'>{e(r['name'])}</td>"
+        absent = " <small>(absent)</small>" if r["volume_gt_ml"] == 0 and r["volume_pred_ml"] == 0 else ""
+        parts.append(f"<tr><td class='l'>{e(r['case'])}</td><td class='l'>{e(r['name'])}{absent}</td>"
                      + "".join(f"<td>{_fmt(r[k])}</td>" for k in (*PLOT_METRICS, "volume_gt_ml", "volume_pred_ml")) + "</tr>")
     parts.append("</table></details>")
     parts.append(f"<h2>Definitions</h2>{DEFINITIONS_HTML}")

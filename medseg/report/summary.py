@@ -13,7 +13,14 @@ import numpy as np
 from medseg.metrics import METRIC_KEYS
 
 #: Columns of metrics.csv, in order.
-CSV_COLUMNS: tuple[str, ...] = ("case", "label", "name", *METRIC_KEYS)
+#: ``absent`` is ``true`` where the label is in neither map of the case (scored 1.0 / 0 mm by the
+#: both-empty convention: a correct "nothing there", not a measured overlap).
+CSV_COLUMNS: tuple[str, ...] = ("case", "label", "name", *METRIC_KEYS, "absent")
+
+
+def is_absent(row: Mapping[str, Any]) -> bool:
+    """True when the row's label is in neither the ground truth nor the prediction."""
+    return row["volume_gt_ml"] == 0 and row["volume_pred_ml"] == 0
 #: Metrics that are distances (``inf`` when exactly one mask is empty).
 DISTANCE_KEYS: tuple[str, ...] = ("hd", "hd95", "assd")
 #: Metrics where larger is better (the others: smaller is better).
@@ -38,7 +45,7 @@ def metrics_csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in rows:
-        writer.writerow([format_value(row[c]) for c in CSV_COLUMNS])
+        writer.writerow([("true" if is_absent(row) else "false") if c == "absent" else format_value(row[c]) for c in CSV_COLUMNS])
     return buf.getvalue()
 
 
@@ -69,7 +76,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], labels: Mapping[int, str], n_mi
     For each label (keyed by name): ``label``, ``cases`` (rows evaluated), ``empty_both`` (label
     absent from both: scored as perfect), ``empty_gt`` (absent from the ground truth but
     predicted: false positive), ``empty_pred`` (present but not predicted: missed),
-    ``missing`` / ``failed`` (cases without a usable prediction: no row), and per metric
+    ``missing`` / ``failed`` (cases without a usable prediction: no row), ``absent`` (True when
+    the label is in neither map of every evaluated case: its scores are the convention only), and per metric
     ``count, inf, mean, std, median, q1, q3, iqr, min, max``. Statistics use the finite values
     only; ``inf`` distances (exactly one mask empty) are counted in ``inf``, never averaged.
     """
@@ -86,6 +94,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], labels: Mapping[int, str], n_mi
             "empty_pred": sum(p and not g for g, p in zip(gt_empty, pred_empty)),
             "missing": n_missing,
             "failed": n_failed,
+            "absent": bool(mine) and all(g and p for g, p in zip(gt_empty, pred_empty)),
         }
         for key in METRIC_KEYS:
             entry[key] = _stats([float(r[key]) for r in mine])

@@ -85,17 +85,20 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / s if s else 1.0
 
 
-def corrupt_j2k_series(src: Path, dst: Path, index: int = 10) -> Path:
-    """Copy a JPEG 2000 series and overwrite part of one file's compressed pixel data.
+def corrupt_j2k_series(src: Path, dst: Path, indices: tuple[int, ...] = (4, 10, 15)) -> Path:
+    """Copy a JPEG 2000 series and overwrite part of some files' compressed pixel data.
 
-    The headers stay valid (the scan accepts the series); decoding that slice fails.
+    The headers stay valid (the scan accepts the series); decoding those slices fails. An
+    undecodable slice is a missing slice (interpolated); the default 3 of 20 (15 %) is more
+    than `medseg.io.dicom.MAX_MISSING_SLICE_FRACTION`, so the series fails.
     """
     import shutil
 
     shutil.copytree(src, dst)
-    f = sorted(p for p in dst.iterdir() if p.is_file())[index]
-    data = bytearray(f.read_bytes())
+    files = sorted(p for p in dst.iterdir() if p.is_file())
     rng = np.random.default_rng(0)
-    data[-5000:-100] = rng.integers(0, 256, 4900, dtype=np.uint8).tobytes()
-    f.write_bytes(bytes(data))
+    for index in indices:
+        data = bytearray(files[index].read_bytes())
+        data[-5000:-100] = rng.integers(0, 256, 4900, dtype=np.uint8).tobytes()
+        files[index].write_bytes(bytes(data))
     return dst

@@ -60,7 +60,7 @@ def test_convert_messy_tree(messy_tree, tmp_path, mni_ct):
 
     sr = [e for e in index["series"] if e["modality"] == "SR"]
     assert len(sr) == 1 and sr[0]["output"] is None and sr[0]["error"] is None
-    assert {"path": "README.txt", "reason": "not a DICOM file (no 'DICM' marker)"} in index["skipped"]
+    assert {"path": "README.txt", "reason": "not a DICOM file (no 'DICM' marker)", "damaged": False} in index["skipped"]
     assert sorted(p.name for p in out.iterdir()) == sorted([good["output"], hostile["output"], "series.json"])
 
 

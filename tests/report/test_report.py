@@ -62,7 +62,7 @@ def test_metrics_csv(result, dataset):
     with open(result.metrics_csv, newline="") as fh:
         rows = list(csv.reader(fh))
     assert tuple(rows[0]) == CSV_COLUMNS == (
-        "case", "label", "name", "dice", "iou", "hd", "hd95", "assd", "nsd", "volume_gt_ml", "volume_pred_ml")
+        "case", "label", "name", "dice", "iou", "hd", "hd95", "assd", "nsd", "volume_gt_ml", "volume_pred_ml", "absent")
     body = rows[1:]
     assert [(r[0], r[2]) for r in body] == [(c, n) for c in ("case0", "case1", "case2") for n in ORGANS.values()]
     # values are those of evaluate_case on the arrays, written at full precision
@@ -71,7 +71,7 @@ def test_metrics_csv(result, dataset):
         got = [r for r in body if r[0] == case]
         for w, g in zip(want, got):
             assert int(g[1]) == w["label"]
-            for i, key in enumerate(CSV_COLUMNS[3:], start=3):
+            for i, key in enumerate(CSV_COLUMNS[3:-1], start=3):
                 assert float(g[i]) == w[key] or (math.isinf(w[key]) and g[i] == "inf"), (case, key)
     missed = next(r for r in body if r[0] == "case2" and r[2] == "kidney_right")
     assert missed[3:9] == ["0.0", "0.0", "inf", "inf", "inf", "0.0"] and missed[10] == "0.0"
