@@ -117,9 +117,10 @@ def check_training_cases(cfg: Any) -> None:
     """
     from medseg.data.datasets import resolve_cases
 
-    training, validation = resolve_cases(cfg)
-    value_to_class = cfg.data.value_to_class()
-    unmapped = cfg.data.unmapped_labels
+    labelled = getattr(cfg, "task", "segmentation") == "segmentation"  # image-only tasks read no labels
+    training, validation = resolve_cases(cfg, labels=labelled)
+    value_to_class = cfg.data.value_to_class() if labelled else {}
+    unmapped = cfg.data.unmapped_labels if labelled else "background"
     report: list[str] = []
     seen_values: set[int] = set()
     n_bad = 0
@@ -132,7 +133,7 @@ def check_training_cases(cfg: Any) -> None:
                 n_bad += 1
                 report.append(f"  {role} case {case.get('name', case['image'])!r}:")
                 report.extend(f"    - {p}" for p in problems)
-    classes = cfg.data.labels
+    classes = cfg.data.labels if labelled else {}
     absent = []
     for name, vals in classes.items():
         vals = vals if isinstance(vals, list) else [vals]

@@ -66,7 +66,7 @@ def run_training(cfg: WorkflowConfig, run_dir: Path, resume: bool, ctx: DistCont
     if tcfg.torch_threads and device.type == "cpu":
         torch.set_num_threads(max(1, tcfg.torch_threads // ctx.world_size))
     seed_everything(cfg.seed)
-    # preflight: branch badinput adds check_training_cases(cfg) here
+    # (every case was checked before this: medseg.engine.train runs check_training_cases)
 
     # ---- data: the task's dataset, repeated to the epoch's length, split over the ranks
     task = task_class(cfg.task)(cfg, ctx)
