@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from medseg.errors import ConfigError
 from medseg.models.denoise import DENOISER_NAMES, build_denoiser
 from medseg.models.pretrained import PretrainedReport, load_pretrained_encoder
 from medseg.models.resunet import ResUNet3D
@@ -19,34 +20,29 @@ def build_model(model_cfg: dict[str, Any]) -> nn.Module:
     The returned network has freshly initialised weights (load ``Checkpoint.state_dict`` into
     it); the ``pretrained`` entry is ignored here (training applies it).
 
-    Denoisers (``name`` in `DENOISER_NAMES`: redcnn, unet_denoiser, vae_denoiser) are built by
-    `medseg.models.denoise.build_denoiser`.
+    By ``name``: denoisers (`DENOISER_NAMES`: redcnn, unet_denoiser, vae_denoiser) via
+    `medseg.models.denoise.build_denoiser`; the low-dose CT GAN's networks (``rdb_generator``,
+    ``patch_critic``) and ``residual_conv`` from their keyword arguments; anything else is a
+    segmentation `ModelConfig` (`ResUNet3D`).
 
     Raises:
         ConfigError: unknown architecture or keys, or ``out_channels`` missing.
     """
-    if model_cfg.get("name") in DENOISER_NAMES:
-        return build_denoiser(dict(model_cfg))
-    from pydantic import ValidationError
-
-    from medseg.config.schema import ModelConfig
-    from medseg.errors import ConfigError
+    from medseg.models.gan import GAN_NETWORKS
     from medseg.models.image_nets import IMAGE_NETWORKS
 
     name = dict(model_cfg).get("name")
-    from medseg.models.gan import GAN_NETWORKS  # low-dose CT GAN (branch ldct)
+    if name in DENOISER_NAMES:
+        return build_denoiser(dict(model_cfg))
+    if name in GAN_NETWORKS or name in IMAGE_NETWORKS:  # image-to-image networks built from their keyword arguments
+        network = GAN_NETWORKS.get(name) or IMAGE_NETWORKS[name]
+        try:
+            return network(**{k: v for k, v in dict(model_cfg).items() if k != "name"})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid model config for {name!r}: {exc}") from None
+    from pydantic import ValidationError
 
-    if name in GAN_NETWORKS:
-        try:
-            return GAN_NETWORKS[name](**{k: v for k, v in dict(model_cfg).items() if k != "name"})
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid model config for {name!r}: {exc}") from None
-    if name in IMAGE_NETWORKS:
-        kwargs = {k: v for k, v in dict(model_cfg).items() if k != "name"}
-        try:
-            return IMAGE_NETWORKS[name](**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"invalid model config for {name!r}: {exc}") from None
+    from medseg.config.schema import ModelConfig
 
     try:
         cfg = ModelConfig.model_validate(dict(model_cfg))

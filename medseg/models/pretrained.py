@@ -45,6 +45,20 @@ class PretrainedReport:
 
 
 def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    state_dict, kind = _read_raw_state_dict(path)
+    from medseg.checkpoint import first_non_finite_tensor
+
+    bad = first_non_finite_tensor(state_dict)
+    if bad is not None:
+        name, n_bad, n_all = bad
+        raise CheckpointError(
+            f"{path}: the pretrained weights are not finite ({name}: {n_bad} of {n_all} values are NaN or ±Inf); "
+            "use a checkpoint from a run that did not diverge"
+        )
+    return state_dict, kind
+
+
+def _read_raw_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str]:
     if not path.is_file():
         raise CheckpointError(f"{path}: pretrained weights file not found (medseg never downloads weights)")
     try:

@@ -7,6 +7,7 @@ finite voxel is a failed series with a clear reason while the batch goes on.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -46,10 +47,12 @@ def test_nan_voxels_are_repaired_and_segmented_bad_images_fail_clearly(nan_input
     assert by_stem["clean"].status == by_stem["one_percent_nan"].status == "done"
     liver = {s: int((read_nifti(tmp_path / "out" / s / "labels.nii.gz").array == 1).sum()) for s in ("clean", "one_percent_nan")}
     assert liver["clean"] > 0 and liver["one_percent_nan"] > 0.5 * liver["clean"]
-    # the repair is reported: in the log (the batch's manifest rows carry Volume.meta warnings
-    # once branch `inference` adds them)
+    # the repair is reported: in the log and in the series' manifest row
     warning = f"{n_bad} non-finite voxel(s) (1 %) replaced by the finite minimum -1100"
     assert any(warning in r.getMessage() and "one_percent_nan.nii.gz" in r.getMessage() for r in caplog.records)
+    rows = {row["stem"]: row for row in json.loads(result.manifest_path.read_text())["series"]}
+    assert any(warning in w for w in rows["one_percent_nan"]["warnings"])
+    assert not any("non-finite" in w for w in rows["clean"]["warnings"])
     assert by_stem["all_nan"].status == "failed"
     assert "all_nan.nii.gz: no voxel is finite" in by_stem["all_nan"].reason
     assert by_stem["twenty_percent_inf"].status == "failed"

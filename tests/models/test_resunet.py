@@ -94,3 +94,16 @@ def test_medseg_checkpoint_encoder_loads(tmp_path):
     assert report.loaded == len(model.encoder.state_dict())
     assert report.skipped == len(donor.state_dict()) - report.loaded  # the donor's decoder
     assert torch.equal(model.encoder.conv1.weight, donor.encoder.conv1.weight)
+
+
+def test_non_finite_pretrained_weights_are_refused(tmp_path):
+    path, donor = _medicalnet_file(tmp_path, "resnet10")
+    raw = torch.load(path, weights_only=True)
+    first = next(k for k, v in raw["state_dict"].items() if v.is_floating_point())
+    raw["state_dict"][first][..., 0] = float("nan")
+    torch.save(raw, path)
+    model = ResUNet3D(1, 5, "resnet10")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"pretrained weights are not finite \(" + first.replace(".", r"\.")):
+        load_pretrained_encoder(model, path)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing half-loaded

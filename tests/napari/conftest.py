@@ -1,7 +1,7 @@
 """Fixtures of the napari plugin tests (marker `gui`; `make test` runs them under Xvfb).
 
-- `seg_ckpt` (session): a real checkpoint trained by `medseg.engine.train` on the bundled CT
-  for two short epochs (the smoke workflow at 6 mm, label 1 = liver), what the widgets run.
+- `seg_ckpt` (session): the suite's `trained_ckpt` (tests/conftest.py: the smoke workflow on the
+  bundled CT for two short epochs, label 1 = liver), what the widgets run.
 - `viewer`: napari's `make_napari_viewer` (a real Qt viewer on the virtual display).
 - `screenshot`: saves the viewer window with its dock widgets to docs/images/.
 """
@@ -24,23 +24,9 @@ IMAGES = ROOT / "docs" / "images"
 
 
 @pytest.fixture(scope="session")
-def seg_ckpt(tmp_path_factory) -> Path:
-    from medseg.engine import train
-
-    run = train(
-        ROOT / "workflows" / "smoke.yaml",
-        [
-            f"output.dir={tmp_path_factory.mktemp('runs')}",
-            "training.epochs=2",
-            "training.steps_per_epoch=3",
-            "training.val_every=2",
-            "optim.warmup_epochs=0",
-            "optim.lr=0.01",
-        ],
-        device="cpu",
-    )
-    best = run / "checkpoints" / "best.pt"
-    return best if best.is_file() else run / "checkpoints" / "last.pt"
+def seg_ckpt(trained_ckpt) -> Path:
+    """The suite's small trained checkpoint (tests/conftest.py: trained once per session)."""
+    return trained_ckpt
 
 
 @pytest.fixture
