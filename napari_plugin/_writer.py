@@ -44,26 +44,19 @@ def write_labels_dicom_seg(path: str, data: Any, meta: dict[str, Any]) -> list[s
     Raises:
         DicomError: the layer's image did not come from a DICOM series.
     """
-    return _write_seg(path, data, meta, None)
+    return _write_seg(path, data, meta, "binary")
 
 
 def write_labels_dicom_seg_labelmap(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Write a Labels layer as a LABELMAP DICOM SEG (one frame per slice holding every label).
 
     Raises:
-        DicomError: not from a DICOM series, or this medseg's SEG writer has no LABELMAP
-            (``write_dicom_seg(..., seg_type=)`` arrives with the inference branch).
+        DicomError: the layer's image did not come from a DICOM series.
     """
-    import inspect
-
-    from medseg.io.seg import write_dicom_seg
-
-    if "seg_type" not in inspect.signature(write_dicom_seg).parameters:
-        raise DicomError("this medseg writes BINARY DICOM SEG only; save as DICOM SEG (BINARY) instead")
     return _write_seg(path, data, meta, "labelmap")
 
 
-def _write_seg(path: str, data: Any, meta: dict[str, Any], seg_type: str | None) -> list[str]:
+def _write_seg(path: str, data: Any, meta: dict[str, Any], seg_type: str) -> list[str]:
     from medseg.io.seg import write_dicom_seg
 
     name = str(meta.get("name") or "labels")
@@ -75,6 +68,5 @@ def _write_seg(path: str, data: Any, meta: dict[str, Any], seg_type: str | None)
         )
     volume = labels_volume(data, meta)
     source = Volume(volume.array, volume.affine, dict(source_meta))
-    kwargs = {"seg_type": seg_type} if seg_type else {}
-    out = write_dicom_seg(volume.array, source, _label_names(meta), path, **kwargs)
+    out = write_dicom_seg(volume.array, source, _label_names(meta), path, seg_type=seg_type)
     return [str(out)]

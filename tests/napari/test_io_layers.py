@@ -195,11 +195,8 @@ def test_sample_dicom_labels_export_as_seg_exactly(tmp_path):
         write_labels_dicom_seg(str(tmp_path / "x.dcm"), small, {"name": "x", "metadata": small_kw["metadata"]})
 
 
-def test_labelmap_seg_when_the_writer_has_it(tmp_path):
-    import inspect
-
-    from medseg.errors import DicomError
-    from medseg.io.seg import read_dicom_seg, write_dicom_seg
+def test_labelmap_seg_reads_back_equal_to_the_layer(tmp_path):
+    from medseg.io.seg import read_dicom_seg
     from medseg.io.viewer import volume_from_layer
 
     from napari_plugin._sample_data import ct_dicom
@@ -209,10 +206,6 @@ def test_labelmap_seg_when_the_writer_has_it(tmp_path):
         _, (data, kw, _) = ct_dicom()
     labels = np.where(np.isin(data, [5, 1]), data, 0).astype(np.uint8)
     meta = {"name": kw["name"], "metadata": kw["metadata"]}
-    if "seg_type" not in inspect.signature(write_dicom_seg).parameters:  # before the inference branch lands
-        with pytest.raises(DicomError, match="BINARY"):
-            write_labels_dicom_seg_labelmap(str(tmp_path / "lm.dcm"), labels, meta)
-        return
     out = write_labels_dicom_seg_labelmap(str(tmp_path / "lm.dcm"), labels, meta)[0]
     import pydicom
 
