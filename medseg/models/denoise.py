@@ -226,37 +226,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class REDCNNConfig(_Strict):
-    """RED-CNN (`REDCNN`): Chen et al. 2017's residual encoder-decoder."""
+class _DenoiserConfig(_Strict):
+    """What every denoiser's config has: its name (a Literal in each subclass), dimensionality and channels."""
 
-    name: Literal["redcnn"] = "redcnn"
+    name: str
     spatial_dims: Literal[2, 3] = Field(2, description="2: axial slices (2.5-D with in_channels = 2k+1); 3: volumes.")
     in_channels: int = Field(1, ge=1, description="1, or 2k+1 for k context slices each side.")
     out_channels: Literal[1] = Field(1, description="Always 1: the clean image.")
+
+
+class REDCNNConfig(_DenoiserConfig):
+    """RED-CNN (`REDCNN`): Chen et al. 2017's residual encoder-decoder."""
+
+    name: Literal["redcnn"] = "redcnn"
     features: int = Field(96, ge=1, description="Hidden channels (paper: 96; fewer train faster on CPU, above all in 3-D).")
     kernel_size: int = Field(5, ge=2, description="Convolution size (paper: 5).")
 
 
-class UNetDenoiserConfig(_Strict):
+class UNetDenoiserConfig(_DenoiserConfig):
     """Residual U-Net denoiser (`UNetDenoiser`, MONAI BasicUNet)."""
 
     name: Literal["unet_denoiser"] = "unet_denoiser"
-    spatial_dims: Literal[2, 3] = Field(2, description="2: axial slices; 3: volumes.")
-    in_channels: int = Field(1, ge=1, description="1, or 2k+1 for k context slices each side.")
-    out_channels: Literal[1] = Field(1, description="Always 1: the clean image.")
     features: list[int] = Field(default_factory=lambda: [32, 32, 64, 128, 256, 32], min_length=6, max_length=6,
                                 description="BasicUNet widths: 5 encoder levels and the last decoder level.")
     norm: Literal["instance", "batch", "none"] = Field("instance", description="Normalisation layers.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
 
 
-class VAEDenoiserConfig(_Strict):
+class VAEDenoiserConfig(_DenoiserConfig):
     """Convolutional VAE denoiser (`VAEDenoiser`); the task adds β·KL to its loss."""
 
     name: Literal["vae_denoiser"] = "vae_denoiser"
-    spatial_dims: Literal[2, 3] = Field(2, description="2: axial slices; 3: volumes.")
-    in_channels: int = Field(1, ge=1, description="1, or 2k+1 for k context slices each side.")
-    out_channels: Literal[1] = Field(1, description="Always 1: the clean image.")
     features: int = Field(32, ge=1, description="Width of the first level (doubles per level).")
     levels: int = Field(3, ge=1, le=6, description="Stride-2 down/up steps (latent at 1/2^levels resolution).")
     latent_channels: int = Field(8, ge=1, description="Latent maps (μ and log σ² each).")
