@@ -48,7 +48,7 @@ def _root(
     """CT/MRI segmentation and image enhancement with first-class DICOM support."""
     _state["verbose"] = verbose
     # a CLI process segments/trains and exits: keeping freed memory mapped avoids re-faulting
-    # every large block (1.6-1.8× faster CPU steps, see medseg/runtime.py)
+    # every large block (see medseg/runtime.py)
     from medseg.runtime import keep_freed_memory
 
     keep_freed_memory()

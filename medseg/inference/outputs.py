@@ -241,7 +241,7 @@ def write_qa_png(
     volume when nothing was found); a legend names the labels present. `values`: the label
     values present in `labels` when the caller knows them (saves counting them again).
 
-    Drawn with Pillow, not matplotlib: about twice as fast (docs/benchmarks.md), and
+    Drawn with Pillow, not matplotlib: less work per picture (docs/benchmarks.md), and
     Pillow's resizing and PNG encoding release the GIL, so the picture does not stall other
     Python work of the process.
     """
@@ -283,7 +283,7 @@ def write_qa_png(
             x += w + 16
         y += 22
     with atomic_path(path, suffix=".png") as tmp:
-        canvas.save(tmp, format="PNG", compress_level=3)  # level 6: 2× the time, a few % smaller
+        canvas.save(tmp, format="PNG", compress_level=3)  # QA pictures: speed over the last few % of size
     return Path(path)
 
 

@@ -260,8 +260,8 @@ def decode_stack(
     paths = list(by_file)
     if not paths:
         return out
-    # Worker processes pay ~0.5 s to start: only for big series in GIL-holding codecs
-    # (the JPEG family, 1.2.840.10008.1.2.4.x), e.g. 64+ JPEG 2000 slices of 512×512.
+    # Worker processes cost a start-up (interpreter + imports): only worth it for big series in
+    # codecs that hold the GIL (the JPEG family, 1.2.840.10008.1.2.4.x).
     gil_bound = any(headers[p].pixels.transfer_syntax.startswith("1.2.840.10008.1.2.4.") for p in paths)  # type: ignore[union-attr]
     n_pixels = len(frames) * first.rows * first.columns
     if processes > 1 and gil_bound and len(paths) >= 2 * processes and n_pixels >= MIN_PIXELS_FOR_PROCESSES:
