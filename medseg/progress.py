@@ -36,15 +36,23 @@ class ProgressBars:
             self._outer = self._p.add_task(label, total=total)
             self._inner = self._p.add_task("", total=1, visible=False)
 
-    def __enter__(self) -> ProgressBars:
+    def start(self) -> ProgressBars:
+        """Show the bars (also what ``with ProgressBars(...)`` does)."""
         if self._p:
             self._p.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def close(self) -> None:
+        """Stop drawing (also at the end of a ``with`` block)."""
         if self._p:
             self._p.update(self._inner, visible=False)
             self._p.stop()
+
+    def __enter__(self) -> ProgressBars:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def start_item(self, name: str, stage: str = "reading") -> None:
         """A new item of the outer bar begins (its name is shown literally)."""

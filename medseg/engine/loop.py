@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from medseg.engine.optimization import NonFiniteLoss, Precision, check_finite, l
 from medseg.engine.state import capture_rng_state, epoch_seed, restore_rng_state, seed_everything
 from medseg.engine.tasks import task_class
 from medseg.errors import CheckpointError, TrainingError
+from medseg.progress import ProgressBars
 
 __all__ = ["lr_factor", "run_training"]
 
@@ -115,7 +117,8 @@ def run_training(cfg: WorkflowConfig, run_dir: Path, resume: bool, ctx: DistCont
     csv_log = EpochLog(run_dir / "metrics.csv", columns, resume_epoch=start_epoch if resume else None) if ctx.is_main else None
     tb = TensorBoardLog(run_dir / "tensorboard", cfg.output.tensorboard and ctx.is_main, purge_step=start_epoch + 1 if resume else None)
 
-    progress = _Progress(enabled=ctx.is_main)
+    # one outer bar over the epochs, one inner over the steps (rank 0, interactive terminals only)
+    progress = ProgressBars(ctx.is_main and sys.stderr.isatty(), tcfg.epochs - start_epoch, label="epochs", transient=True).start()
     summary: dict[str, Any] = {}
     nets: dict[str, nn.Module] = {}
     try:
@@ -133,7 +136,7 @@ def run_training(cfg: WorkflowConfig, run_dir: Path, resume: bool, ctx: DistCont
 
             # ---- training steps; a NaN/inf loss term stops the run before it touches the weights
             sums: dict[str, float] = {}
-            progress.start_epoch(epoch, tcfg.epochs, steps_per_epoch)
+            progress.start_item(f"epoch {epoch + 1}/{tcfg.epochs}", stage="training")
             drawn = _Drawn(loader)
             for step in range(steps_per_epoch):
                 drawn.cases = []
@@ -149,7 +152,7 @@ def run_training(cfg: WorkflowConfig, run_dir: Path, resume: bool, ctx: DistCont
                     ) from None
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
-                progress.advance(sums["loss"] / (step + 1))
+                progress.step(f"training, loss {sums['loss'] / (step + 1):.4f}", step + 1, steps_per_epoch)
             row: dict[str, Any] = {"epoch": epoch + 1}
             row |= {f"train_{k}": all_reduce_mean(v / steps_per_epoch, ctx) for k, v in sums.items()}
             row |= task.epoch_values()
@@ -161,7 +164,7 @@ def run_training(cfg: WorkflowConfig, run_dir: Path, resume: bool, ctx: DistCont
             if val_now:
                 score = math.nan
                 if ctx.is_main:
-                    progress.status("validating")
+                    progress.step("validating", 0, 1)
                     metrics, rows = task.validate(precision)
                     score = metrics.pop("score")
                     row |= metrics
@@ -200,6 +203,7 @@ def run_training(cfg: WorkflowConfig, run_dir: Path, resume: bool, ctx: DistCont
                     f"epoch {row['epoch']}/{tcfg.epochs}  loss {row['train_loss']:.4g}  lr {row['lr']:.2e}  "
                     f"{row['epoch_seconds']:.1f}s{task.describe(row)}"
                 )
+            progress.item_finished()
             barrier(ctx)
             summary = {"epoch": epoch + 1, "train_loss": row["train_loss"], "best_score": best_score, "best_epoch": best_epoch + 1, **row}
 
@@ -289,41 +293,3 @@ def _save(ckpt: Checkpoint, path: Path, networks: dict[str, nn.Module], epoch: i
             f"(the previous one, if any, is the last good state); lower optim.lr or check the data"
         )
     save_checkpoint(ckpt, path)
-
-
-class _Progress:
-    """A rich progress bar for the steps of an epoch (only on an interactive terminal, rank 0)."""
-
-    def __init__(self, enabled: bool) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.enabled = enabled and self.console.is_terminal
-        self.bar = None
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
-            )
-            self.bar.start()
-        self.task = None
-
-    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
-        if self.bar is not None:
-            if self.task is not None:
-                self.bar.remove_task(self.task)
-            self.task = self.bar.add_task(f"epoch {epoch + 1}/{epochs}", total=steps, info="")
-
-    def advance(self, loss: float) -> None:
-        if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, advance=1, info=f"loss {loss:.4f}")
-
-    def status(self, text: str) -> None:
-        if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, info=text)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
