@@ -153,10 +153,13 @@ def segment_batch(
             f"{script} calls medseg without an `if __name__ == \"__main__\":` guard; background processes "
             "would run the script again. Put the call under that guard, or use workers=0 and jobs=1."
         )
-    if options.threads:
-        import torch
+    import torch
 
+    if options.threads:
         torch.set_num_threads(int(options.threads))  # once, before any work
+    # on CPU the thread count is part of the arithmetic (oneDNN/MKL split sums by it): recorded
+    # in the manifest and each done marker, and job processes get this same count
+    threads = torch.get_num_threads()
     if models is None:
         models = load_models(list(model_paths or []), options.inference.device)
     model_mod = models[0].modality
@@ -181,8 +184,9 @@ def segment_batch(
         "models": [{"path": str(m.path), "fingerprint": m.fingerprint, "modality": m.modality} for m in models],
         "labels": {str(k): v for k, v in models[0].labels.items()},
         "options": _options_dict(options),
+        "torch_threads": threads,
     }
-    todo = resume_from_markers(records, out_dir, models, options.overwrite)
+    todo = resume_from_markers(records, out_dir, models, options.overwrite, threads)
     if len(todo) < sum(r.status != "skipped" for r in records):
         log.info("%d series already done (previous run); %d to process", sum(r.previous_run for r in records), len(todo))
     manifest = write_manifest(out_dir, records, header, unreadable, options.shard)
@@ -243,8 +247,11 @@ def run_pipeline(
     `finished(record)` is called, in order, after each series is done or failed (its marker
     written); an interruption (Ctrl-C) leaves the series in flight pending.
     """
+    import torch
+
     light = [m.without_network() for m in models]  # what the background stages need
     task = models[0].task
+    threads = torch.get_num_threads()  # the network's, set once by segment_batch
     ahead = workers  # series read ahead of the network (0: read when its turn comes)
     with stage_executor(workers) as readers, stage_executor(workers) as exporters:
         reads: dict[int, cf.Future] = {}
@@ -265,7 +272,7 @@ def run_pipeline(
                     rec.label_uncertainty = dict(result.get("label_uncertainty") or {})
                     rec.status, rec.reason, rec.outputs = "done", "", dict(result["outputs"])
                     rec.seconds = round(time.perf_counter() - t0, 3)
-                    write_done_marker(out_dir / rec.stem, rec, models, result)
+                    write_done_marker(out_dir / rec.stem, rec, models, result, threads)
                 except Exception as exc:  # noqa: BLE001 - one bad series must not stop the batch
                     _fail(rec, exc, t0)
                 finished(rec)

@@ -10,12 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medseg.inference.discovery import MANIFEST_FIELDS, SeriesRecord
 from medseg.inference.series import is_done, now_utc
 from medseg.io.atomic import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from medseg.inference.model import LoadedModel
@@ -28,13 +31,21 @@ def manifest_name(shard: tuple[int, int] | None) -> str:
     return "segment.json" if shard is None else f"segment.shard-{shard[0]}-of-{shard[1]}.json"
 
 
-def resume_from_markers(records: list[SeriesRecord], out_dir: Path, models: list[LoadedModel], overwrite: bool) -> list[SeriesRecord]:
+def resume_from_markers(
+    records: list[SeriesRecord], out_dir: Path, models: list[LoadedModel], overwrite: bool, threads: int
+) -> list[SeriesRecord]:
     """Mark series finished by a previous run (valid marker, same checkpoints) as done.
+
+    Args:
+        threads: torch threads of this run's network. Series that a previous run computed with
+            another count are kept, with one log line: on CPU the count is part of the
+            arithmetic (a voxel at a tie may differ from what this run would write).
 
     Returns:
         The pending records left to process, in order.
     """
     todo = []
+    other_threads: set[int] = set()
     for r in records:
         if r.status != "pending":
             continue
@@ -43,6 +54,8 @@ def resume_from_markers(records: list[SeriesRecord], out_dir: Path, models: list
             todo.append(r)
             continue
         prev = info.get("series", {})
+        if info.get("torch_threads") not in (None, threads):
+            other_threads.add(int(info["torch_threads"]))
         r.status, r.previous_run = "done", True
         r.outputs = dict(info.get("outputs", {}))
         r.seconds = prev.get("seconds")
@@ -50,6 +63,12 @@ def resume_from_markers(records: list[SeriesRecord], out_dir: Path, models: list
         r.warnings = list(prev.get("warnings") or [])
         r.uncertainty = prev.get("uncertainty")
         r.label_uncertainty = dict(prev.get("label_uncertainty") or {})
+    if other_threads:
+        log.info(
+            "series finished by a previous run with %s torch thread(s) are kept; this run uses %d (on CPU the "
+            "count changes float sums, so a voxel at a tie may differ from a run with one setting throughout)",
+            "/".join(map(str, sorted(other_threads))), threads,
+        )
     return todo
 
 

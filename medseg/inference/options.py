@@ -129,7 +129,9 @@ class BatchOptions:
             Each job runs the network with ``threads`` torch threads (the same as one job: the
             outputs do not depend on the number of jobs).
         threads: torch threads of the process that runs the network, set once (None: torch's
-            default). Background processes use one thread each.
+            default). Background processes use one thread each. On CPU this count is part of
+            the network's arithmetic (oneDNN and MKL split their sums by it), so it is recorded
+            in the manifest (``torch_threads``) and each series' ``done.json``.
         progress: show rich progress bars on stderr.
     """
 

@@ -94,13 +94,15 @@ def is_done(series_dir: Path, models: list[LoadedModel]) -> dict[str, Any] | Non
 
 
 def write_done_marker(
-    series_dir: Path, record: SeriesRecord, models: list[LoadedModel], result: dict[str, Any]
+    series_dir: Path, record: SeriesRecord, models: list[LoadedModel], result: dict[str, Any], threads: int
 ) -> Path:
     """Write the completion marker of a series whose outputs are all written (atomically, last).
 
     Args:
         result: what the export stage returned: ``outputs`` (kind → file name), ``volumes``
             (label statistics, segmentation), ``uncertainty_labels``, ``timings``.
+        threads: torch threads the network ran with (part of the arithmetic on CPU: oneDNN
+            and MKL split their sums by thread count).
     """
     outputs = dict(result.get("outputs", {}))
     return write_json_atomic(
@@ -115,6 +117,7 @@ def write_done_marker(
             "volumes": result.get("volumes", []),
             "uncertainty": result.get("uncertainty_labels", {}),
             "timings": result.get("timings", {}),
+            "torch_threads": int(threads),
             "finished": now_utc(),
         },
     )

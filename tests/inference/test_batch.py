@@ -156,6 +156,30 @@ def test_outputs_do_not_depend_on_the_process_settings(batch, dicom_tree, traine
         assert (res.out_dir / "segment.shard-1-of-2.json").is_file()
 
 
+def test_thread_count_is_recorded_and_a_resume_with_another_keeps_the_series(batch, dicom_tree, trained_ckpt, tmp_path, caplog):
+    """On CPU the network's thread count is part of its arithmetic: the manifest and every done
+    marker record it; a re-run with another count keeps the finished series and says so."""
+    import shutil
+
+    import torch
+
+    manifest = json.loads((batch.out_dir / "segment.json").read_text())
+    assert manifest["torch_threads"] == torch.get_num_threads()
+    out = tmp_path / "again"
+    shutil.copytree(batch.out_dir, out)
+    done = [r for r in batch.records if r.status == "done"]
+    for rec in done:
+        marker = out / rec.stem / "done.json"
+        info = json.loads(marker.read_text())
+        assert info["torch_threads"] == torch.get_num_threads()
+        marker.write_text(json.dumps(info | {"torch_threads": 97}))
+    with caplog.at_level("INFO", logger="medseg.inference.manifest"):
+        res = segment_batch(dicom_tree, out, [trained_ckpt], BatchOptions(inference=FAST.inference, progress=False))
+    again = [r for r in res.records if r.status == "done"]
+    assert [r.stem for r in again] == [r.stem for r in done] and all(r.previous_run for r in again)
+    assert any("97 torch thread(s) are kept" in m for m in caplog.messages)
+
+
 def test_unguarded_main_script(tmp_path):
     """Which main modules a spawned worker would run again (their top-level code)."""
     import importlib.machinery
