@@ -68,6 +68,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from medseg.ct.fourier_projector import FourierProjector
+from medseg.ct.fourier_projector import available as fourier_available
 from medseg.ct.projector import FILTERS, CTGeometry, Projector
 from medseg.errors import ConfigError, InputError
 
@@ -120,6 +122,17 @@ def _slice_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+def _make_projector(geo: CTGeometry, choice: str, device: torch.device) -> Projector | FourierProjector:
+    if choice not in ("auto", "fourier", "direct"):
+        raise ConfigError(f"projector must be 'auto', 'fourier' or 'direct', got {choice!r}")
+    if choice == "fourier" or (choice == "auto" and geo.kind == "parallel" and device.type == "cpu"):
+        if choice == "auto" and not fourier_available():
+            log.warning("the 'finufft' package is missing: using the slower direct projector")
+            return Projector(geo)
+        return FourierProjector(geo)  # raises ConfigError for the fan beam / without finufft
+    return Projector(geo)
+
+
 def _check_args(dose_fraction: float, photons_per_ray: float, electronic_noise_std: float, filter: str, mode: str) -> None:
     if not (0.0 < dose_fraction <= 1.0):
         raise ConfigError(f"dose_fraction must be in (0, 1], got {dose_fraction}")
@@ -150,6 +163,7 @@ def simulate_low_dose(
     device: str | torch.device | None = None,
     slices_per_batch: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    projector: Literal["auto", "fourier", "direct"] = "auto",
 ) -> np.ndarray | torch.Tensor:
     """Simulate a lower-dose CT image from a normal-dose one (see the module docstring).
 
@@ -173,6 +187,12 @@ def simulate_low_dose(
         device: torch device (default: the input tensor's device, or CPU for NumPy input).
         slices_per_batch: slices projected together (memory vs. overhead).
         progress: called as ``progress(slices_done, n_slices)`` after each batch.
+        projector: ``"fourier"`` (`medseg.ct.fourier_projector`, NUFFT-based, parallel beam on
+            the CPU, the fast path), ``"direct"`` (`medseg.ct.projector`, `grid_sample`, any
+            geometry and device) or ``"auto"`` (Fourier for the parallel beam on the CPU, direct
+            otherwise). Both compute the same discrete operators (the Fourier one to ~2·10⁻⁴
+            for the line integrals and ~0.1 % for the noise variance), so the choice changes
+            speed, not the statistics.
 
     Returns:
         float32 HU image of the input's shape and kind (NumPy in, NumPy out).
@@ -196,7 +216,7 @@ def simulate_low_dose(
     sx, sy = (pixel_spacing_mm, pixel_spacing_mm) if np.isscalar(pixel_spacing_mm) else pixel_spacing_mm
     geo = CTGeometry((vol.shape[0], vol.shape[1]), (float(sx), float(sy)), kind=geometry,
                      n_views=views, n_detectors=detector_pixels)
-    proj = Projector(geo)
+    proj = _make_projector(geo, projector, dev)
     n = vol.shape[2]
     out = torch.empty_like(vol)
     for k0 in range(0, n, max(1, slices_per_batch)):

@@ -74,7 +74,8 @@ def test_seeded_reproducibility_and_batch_independence(cylinder):
     a = simulate_low_dose(vol, 2.0, views=60, seed=7, slices_per_batch=3)
     b = simulate_low_dose(vol, 2.0, views=60, seed=7, slices_per_batch=1)
     c = simulate_low_dose(vol, 2.0, views=60, seed=8)
-    np.testing.assert_allclose(a, b, atol=1e-3)
+    # other batch sizes run other NUFFT/FFT plans: equal to their tolerance (noise std ~10² HU)
+    np.testing.assert_allclose(a, b, atol=1e-2)
     assert not np.allclose(a, c)
     # each slice gets its own noise
     assert not np.allclose(a[..., 0] - vol[..., 0], (a[..., 1] - vol[..., 1])[::-1])
