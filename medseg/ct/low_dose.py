@@ -76,8 +76,14 @@ from medseg.errors import ConfigError, InputError
 log = logging.getLogger(__name__)
 
 MU_WATER_PER_MM = 0.0194
-DEFAULT_PHOTONS_PER_RAY = 1.5e5
-DEFAULT_ELECTRONIC_NOISE_STD = math.sqrt(10.0)
+#: Normal-dose photon fluence at the isocentre, photons per mm² summed over one rotation (the
+#: default `photons_per_ray` is derived from it; see the module docstring for its calibration).
+DEFAULT_PHOTONS_PER_MM2 = 1.1e9
+#: Slice thickness assumed for a 2-D/3-D array when none is given (`simulate_low_dose_volume`
+#: takes the volume's slice spacing).
+DEFAULT_SLICE_THICKNESS_MM = 1.0
+#: Electronic noise is off by default (module docstring: no value transfers to effective rays).
+DEFAULT_ELECTRONIC_NOISE_STD = 0.0
 
 Mode = Literal["insert", "full"]
 
@@ -90,6 +96,34 @@ def hu_to_mu(hu: torch.Tensor, mu_water_per_mm: float = MU_WATER_PER_MM) -> torc
 def mu_to_hu(mu: torch.Tensor, mu_water_per_mm: float = MU_WATER_PER_MM) -> torch.Tensor:
     """HU from linear attenuation (1/mm): ``1000·(μ/μ_water − 1)``."""
     return 1000.0 * (mu / mu_water_per_mm - 1.0)
+
+
+def photons_per_ray_for(
+    geometry: CTGeometry, slice_thickness_mm: float, photons_per_mm2: float = DEFAULT_PHOTONS_PER_MM2
+) -> float:
+    """Unattenuated photons per simulated ray and view at normal dose: the fluence of one
+    rotation shared by the geometry's views, through a ray one detector bin (at the
+    isocentre) wide and one slice thick: ``Φ·Δ·h / views``.
+
+    All of a rotation's photons are used whatever the geometry: a 360° fan scan spreads them
+    over its views, a 180° parallel sinogram stands for the whole rotation (each line is
+    measured twice in 360°). With this the simulated noise depends on the dose, the bin width
+    and the slice thickness as a scanner's does (variance ∝ 1/(Φ·Δ³·h)), not on how many views
+    the simulation uses.
+
+    Args:
+        geometry: the simulation's geometry (``det_spacing`` in mm at the isocentre, ``views``).
+        slice_thickness_mm: reconstructed slice thickness ``h``.
+        photons_per_mm2: normal-dose fluence ``Φ`` at the isocentre per rotation.
+
+    Raises:
+        ConfigError: a non-positive thickness or fluence.
+    """
+    if not (slice_thickness_mm > 0 and math.isfinite(slice_thickness_mm)):
+        raise ConfigError(f"slice_thickness_mm must be a positive number, got {slice_thickness_mm}")
+    if not (photons_per_mm2 > 0 and math.isfinite(photons_per_mm2)):
+        raise ConfigError(f"photons_per_mm2 must be a positive number, got {photons_per_mm2}")
+    return float(photons_per_mm2) * geometry.det_spacing * float(slice_thickness_mm) / geometry.views
 
 
 def extra_variance(
@@ -148,10 +182,10 @@ def _check_args(dose_fraction: float, photons_per_ray: float, electronic_noise_s
 
 def simulate_low_dose(
     hu: np.ndarray | torch.Tensor,
-    pixel_spacing_mm: tuple[float, float] | float,
+    pixel_spacing_mm: tuple[float, ...] | float,
     *,
     dose_fraction: float = 0.25,
-    photons_per_ray: float = DEFAULT_PHOTONS_PER_RAY,
+    photons_per_ray: float | None = None,
     views: int | None = None,
     detector_pixels: int | None = None,
     electronic_noise_std: float = DEFAULT_ELECTRONIC_NOISE_STD,
@@ -164,6 +198,8 @@ def simulate_low_dose(
     slices_per_batch: int = 4,
     progress: Callable[[int, int], None] | None = None,
     projector: Literal["auto", "fourier", "direct"] = "auto",
+    slice_thickness_mm: float | None = None,
+    photons_per_mm2: float = DEFAULT_PHOTONS_PER_MM2,
 ) -> np.ndarray | torch.Tensor:
     """Simulate a lower-dose CT image from a normal-dose one (see the module docstring).
 
@@ -171,9 +207,13 @@ def simulate_low_dose(
 
     Args:
         hu: ``(X, Y)`` or ``(X, Y, Z)`` image in HU (NumPy or torch).
-        pixel_spacing_mm: in-plane spacing ``(sx, sy)`` in mm (or one number).
+        pixel_spacing_mm: in-plane spacing ``(sx, sy)`` in mm (or one number), or
+            ``(sx, sy, sz)``: then ``sz`` is the slice thickness of the default I0 unless
+            `slice_thickness_mm` is given.
         dose_fraction: simulated dose / normal dose, in (0, 1] (0.25 = quarter dose).
-        photons_per_ray: unattenuated photons per ray at normal dose (I0).
+        photons_per_ray: unattenuated photons per ray and view at normal dose (I0); default
+            (None) `photons_per_ray_for` the geometry, `slice_thickness_mm` and
+            `photons_per_mm2`.
         views: projection angles (default 720 parallel over 180°, 1440 fan over 360°).
         detector_pixels: detector bins (default: cover the image's circumscribed circle with
             bins one pixel wide).
@@ -193,6 +233,10 @@ def simulate_low_dose(
             otherwise). Both compute the same discrete operators (the Fourier one to ~2·10⁻⁴
             for the line integrals and ~0.1 % for the noise variance), so the choice changes
             speed, not the statistics.
+        slice_thickness_mm: slice thickness for the default I0 (default: the third spacing,
+            else `DEFAULT_SLICE_THICKNESS_MM`; `simulate_low_dose_volume` passes the slice
+            spacing).
+        photons_per_mm2: normal-dose fluence for the default I0 (`DEFAULT_PHOTONS_PER_MM2`).
 
     Returns:
         float32 HU image of the input's shape and kind (NumPy in, NumPy out).
@@ -201,7 +245,8 @@ def simulate_low_dose(
         InputError: the image is not 2-D/3-D or holds non-finite values.
         ConfigError: an argument is out of range.
     """
-    _check_args(dose_fraction, photons_per_ray, electronic_noise_std, filter, mode)
+    if photons_per_ray is not None:
+        _check_args(dose_fraction, photons_per_ray, electronic_noise_std, filter, mode)
     is_numpy = not isinstance(hu, torch.Tensor)
     x = torch.as_tensor(np.asarray(hu)) if is_numpy else hu
     if x.ndim not in (2, 3):
@@ -213,9 +258,19 @@ def simulate_low_dose(
         raise InputError("simulate_low_dose: the image holds NaN or infinite values; repair them first")
     squeeze = x.ndim == 2
     vol = x[..., None] if squeeze else x
-    sx, sy = (pixel_spacing_mm, pixel_spacing_mm) if np.isscalar(pixel_spacing_mm) else pixel_spacing_mm
+    spacing = [float(pixel_spacing_mm)] * 2 if np.isscalar(pixel_spacing_mm) else [float(v) for v in pixel_spacing_mm]
+    if len(spacing) not in (2, 3):
+        raise ConfigError(f"pixel_spacing_mm must be one number, (sx, sy) or (sx, sy, sz), got {pixel_spacing_mm}")
+    sx, sy = spacing[:2]
+    if slice_thickness_mm is None and len(spacing) == 3:
+        slice_thickness_mm = spacing[2]
     geo = CTGeometry((vol.shape[0], vol.shape[1]), (float(sx), float(sy)), kind=geometry,
                      n_views=views, n_detectors=detector_pixels)
+    if photons_per_ray is None:
+        thickness = DEFAULT_SLICE_THICKNESS_MM if slice_thickness_mm is None else slice_thickness_mm
+        photons_per_ray = photons_per_ray_for(geo, thickness, photons_per_mm2)
+    _check_args(dose_fraction, photons_per_ray, electronic_noise_std, filter, mode)
+    log.debug("low-dose simulation: %.4g photons per ray at normal dose", photons_per_ray)
     proj = _make_projector(geo, projector, dev)
     n = vol.shape[2]
     out = torch.empty_like(vol)
@@ -267,7 +322,9 @@ def simulate_low_dose_volume(volume: "Volume", **kwargs) -> "Volume":  # noqa: F
 
     Args:
         volume: CT in HU (``meta["modality"]``, when present, must be ``"CT"``).
-        **kwargs: the keyword arguments of `simulate_low_dose` (not `pixel_spacing_mm`).
+        **kwargs: the keyword arguments of `simulate_low_dose` (not `pixel_spacing_mm`); the
+            default I0 takes the slice spacing as the slice thickness unless
+            `slice_thickness_mm` is given.
 
     Returns:
         A float32 `Volume` on the same grid, ``meta["low_dose_simulation"]`` holding the
@@ -293,7 +350,20 @@ def simulate_low_dose_volume(volume: "Volume", **kwargs) -> "Volume":  # noqa: F
             f"{source}: values {lo:g}…{hi:g} do not look like CT in HU (air near −1000 expected); "
             "convert the image to HU first"
         )
+    kwargs = dict(kwargs)
+    if kwargs.get("photons_per_ray") is None:
+        # the readers keep no SliceThickness: the slice spacing stands for it (equal for
+        # contiguous axial series)
+        thickness = kwargs.pop("slice_thickness_mm", None) or float(volume.spacing[2])
+        geo = CTGeometry(array.shape[:2], tuple(float(v) for v in volume.spacing[:2]),
+                         kind=kwargs.get("geometry", "parallel"), n_views=kwargs.get("views"),
+                         n_detectors=kwargs.get("detector_pixels"))
+        kwargs["photons_per_ray"] = photons_per_ray_for(geo, thickness, kwargs.pop("photons_per_mm2", DEFAULT_PHOTONS_PER_MM2))
+        used = {"slice_thickness_mm": thickness}
+    else:
+        used = {}
     sim = simulate_low_dose(array, volume.spacing[:2], **kwargs)
     params = {k: v for k, v in kwargs.items() if k not in ("progress", "device")}
+    params.update(used, photons_per_ray_used=float(kwargs["photons_per_ray"]))
     return Volume(sim.astype(np.float32, copy=False), volume.affine.copy(),
                   {**volume.meta, "low_dose_simulation": params})
