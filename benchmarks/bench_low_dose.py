@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="timing repeats (best is reported)")
     ap.add_argument("--dose", type=float, default=0.25)
     ap.add_argument("--filter", default="hann", help="FBP window (scikit-image's names; 'ramp' = ram-lak)")
-    ap.add_argument("--realisations", type=int, default=8, help="noise realisations per pipeline for the statistics")
+    ap.add_argument("--realisations", type=int, default=12, help="noise realisations per pipeline for the statistics")
     ap.add_argument("--direct", action="store_true", help="also time medseg's direct (grid_sample) projector")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -180,6 +180,13 @@ def main() -> None:
     for name, _, radial in spectra:
         print(f"| {name} | " + " | ".join(f"{v:.0f}" for v in radial) + " |")
     print("| medseg / scikit-image | " + " | ".join(f"{a / b:.3f}" for a, b in zip(spectra[1][2], spectra[0][2])) + " |")
+    # the estimate's own scatter: the same pipeline, two independent halves of its realisations
+    half = args.realisations // 2
+    halves = []
+    for imgs in (noises_sk[:half], noises_sk[half:]):
+        nps, fx, fy = noise_power_spectrum(np.concatenate([extract_rois(img, centres, size) for img in imgs]), (sx, sy))
+        halves.append(radial_average(nps, fx, fy, n_bins=8)[1])
+    print("| scikit-image, one half / the other (scatter) | " + " | ".join(f"{a / b:.3f}" for a, b in zip(*halves)) + " |")
 
     # ---------------------------------------------------------------- 3. dose scaling
     doses = [0.1, 0.25, 0.5, 0.75]

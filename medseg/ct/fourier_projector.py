@@ -25,9 +25,10 @@ How (pixel spacing ``sx, sy``, detector bins ``Δ`` apart, ``t_k = t_0 + kΔ``; 
   pixel is ``Σ_θ ∫ Δ sinc²(ρΔ) Q_θ(ρ) e^{2πiρ(u cos θ + v sin θ)} dρ`` with ``Q_θ`` the DTFT
   of ``q``. Sampled at ``ρ_n = n/(PΔ)`` (``P`` > the view's support, so no wrap-around) and
   cut at ``|ρ| ≤ K/Δ``, where sinc² is 0, that is one type-1 NUFFT onto the pixel grid. What
-  the cut drops (the tent's spectrum beyond ``1/Δ``) is < 0.2 % of the noise variance;
-  the result equals `Projector.backproject_filtered` to ~4 % RMS for white noise, and its
-  variance and NPS to ~0.1 % (the bench).
+  the cut drops is the tent's spectrum beyond ``1/Δ``: for the same white-noise sinogram
+  (256², 360 views) the result equals `Projector.backproject_filtered` to ~4 % RMS pixel by
+  pixel, its variance to 0.13 % (Hann) / 0.7 % (Ram-Lak) and its radial NPS to < 0.3 % below
+  0.8 × the pixel Nyquist frequency and 1–3 % in the top bin.
 
 The ramp filtering itself is `Projector.filter_sinogram` (same kernels and windows).
 

@@ -7,7 +7,7 @@ synthetic sinogram re-projected from the image, as image-based simulators do):
 
 1. HU → linear attenuation ``μ = μ_water · (1 + HU/1000)`` (μ ≥ 0; padding outside the
    scanner's field of view, e.g. −2048 HU, becomes air).
-2. Forward projection → line integrals ``p`` (`medseg.ct.projector`).
+2. Forward projection → line integrals ``p``.
 3. A ray with ``I0`` unattenuated photons at normal dose detects ``N = I0·e^{−p}`` photons;
    after the log, ``var(p̂) ≈ 1/N + σ_e²/N²`` (Poisson + additive Gaussian electronic noise
    of std σ_e photons, first-order propagation through the log). At dose fraction ``a`` the
@@ -27,30 +27,52 @@ synthetic sinogram re-projected from the image, as image-based simulators do):
 electronic noise, log, FBP): useful to validate the projector, not to simulate from real
 scans (it would add the projector's own FBP error and double-count the noise of the input).
 
+Only two projector operations per slice: one forward projection of the input (for the
+variance) and one FBP (of the noise); FBP is linear, so FBP(p + n) = FBP(p) + FBP(n) and the
+anatomy never needs reconstructing. On the CPU they run in the Fourier domain
+(`medseg.ct.fourier_projector`, parallel beam), elsewhere with `medseg.ct.projector`.
+
 Defaults and their sources (check them against your scanner: the real quarter-/full-dose pairs
 are the arbiter):
 
-- ``photons_per_ray = 1.5e5``: published simulations use 1e5–1.5e5 unattenuated photons per
-  ray at normal dose (e.g. the RED-CNN and AAPM-Mayo-challenge-era simulation papers); we take
-  the upper end because our default rays are as wide as a pixel (~0.7 mm).
-- ``electronic_noise_std = √10 ≈ 3.2`` photons (variance 10): the value commonly assumed in
-  sinogram-domain simulation studies of this kind (Zeng et al. 2015 model the electronic noise
-  as additive Gaussian with a variance measured on the scanner). An assumption, not a
-  measurement: it only matters for rays with few photons (lateral rays through shoulders or
-  pelvis, e^{p} in the thousands), where it dominates quickly.
+- **I0** (``photons_per_ray``, photons per ray and view at normal dose): by default
+  `photons_per_ray_for` the geometry, ``Φ·Δ·h / views`` with a normal-dose fluence
+  ``Φ = DEFAULT_PHOTONS_PER_MM2 = 1.1e9`` photons/mm² at the isocentre per rotation, the bin
+  width Δ and the slice thickness h. Why not a fixed 1e5–1.5e5 per ray (the figure of
+  published simulations, and this module's old default): FBP noise is
+  ``var(μ̂) = π²·C_W·var(p) / (views·Δ²)`` with ``var(p) = e^{p}/I0`` (C_W the window's noise
+  gain; tests/ct/test_low_dose.py checks the code against this formula on a water cylinder),
+  so with a fixed per-ray I0 the noise follows the simulation's views, bin width and slice
+  thickness instead of the dose. The published figures are per detector element and view
+  of a real scanner (elements ≈ 0.6 × 0.6–0.7 mm at the isocentre, ~1000–2300 views per
+  rotation); a simulated ray here is a 0.98 mm × 2 mm slab and there are 720 views, so it
+  must carry ~20× the photons for the same dose. Taking the per-element figure per ray was
+  the old default's error: 73 HU of extra noise in the liver at quarter dose (134 HU with
+  its electronic noise) where a real quarter-dose scan adds 14–20 HU.
+  **Calibration of Φ**: quarter dose on the bundled CT (0.98 mm pixels, 2 mm slices) then
+  adds 16.6 HU in the eroded liver (benchmarks/bench_low_dose.py), inside √3 × the scan's
+  own noise, 8.0 HU (neighbouring-slice differences) to 11.7 HU (median 9×9 local std,
+  texture included), i.e. 14–20 HU. Cross-checks: per detector element of 0.6 × 0.6 mm,
+  Φ gives 1.7e5 photons per view at 2304 views per rotation (3.4e5 at 1152), next to the
+  published 1e5–1.5e5; and at ~60 keV one mGy of air kerma is ≈ 3.4e7 photons/mm²
+  (1/(E·μ_en/ρ), μ_en/ρ of air 0.0304 cm²/g, NIST), so Φ is ~32 mGy free in air at the
+  isocentre per rotation, the order of a routine abdominal protocol (an order-of-magnitude
+  check only). The variance scales as 1/Φ: a real pair calibrates Φ as
+  ``Φ·(σ_simulated / σ_real extra)²``.
+- ``electronic_noise_std = 0`` (off). The variance of 10 photons² that earlier versions used
+  had no source we could verify, and an electronic-noise variance is specified per detector
+  reading of a real scanner, whereas a simulated ray here stands for k ≈ (Δ·h/A_element) ·
+  (views per rotation / views) ≈ 20 readings (I0_ray = k·I0_element, σ_e,ray² = k·σ_e²): a
+  per-reading value does not transfer as it is. Relative to the quantum term it is
+  ``(1+a)/a · σ_e²·e^{p}/I0``, so it matters only for photon-starved rays (lateral rays
+  through shoulders or pelvis); pass ``σ_e·√k`` for a measured per-reading σ_e.
 - ``μ_water = 0.0194 /mm``: water at ~70 keV effective energy (NIST XCOM: 0.2059 cm²/g at
   60 keV, 0.1837 at 80 keV, log-interpolated), typical of a 120 kVp spectrum.
 - the geometry: 720 parallel views over 180° (or 1440 fan views over 360°), detector bins one
   pixel wide, and a Hann-windowed ramp for the FBP of the inserted noise: clinical soft-tissue
   kernels are smooth, and Ram-Lak (the sharpest) gives ~2.7× the noise std with a finer grain.
-
-Measured on the bundled CT (docs/benchmarks.md, "Low-dose CT simulation"): these defaults
-insert 134 HU of noise std in the liver at quarter dose (73 HU without electronic noise),
-whereas √3 × the scan's own noise (8–12 HU) predicts 14–20 HU for a real quarter-dose scan. A
-per-ray I0 of 1e5–1.5e5 in a 2-D simulation with rays one pixel wide and one slice thick is
-far fewer photons than a real 2 mm slice collects; to match a given scanner, calibrate
-``photons_per_ray`` on a real pair (the variance scales as 1/I0; 2.7e6 gives 17 HU there, the
-bundled scan's expected quarter-dose extra noise, with Hann and no electronic noise).
+  With the default I0 the noise does not depend on the number of views (360, 720, 1440
+  parallel or 1440 fan views: 16.6–17.5 HU at quarter dose in the same liver).
 
 References: L. Yu, M. Shiung, D. Jondal, C. H. McCollough, "Development and validation of a
 practical lower-dose-simulation tool for optimizing computed tomography scan protocols",
