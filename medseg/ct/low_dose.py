@@ -239,7 +239,8 @@ def simulate_low_dose(
         views: projection angles (default 720 parallel over 180°, 1440 fan over 360°).
         detector_pixels: detector bins (default: cover the image's circumscribed circle with
             bins one pixel wide).
-        electronic_noise_std: electronic noise std in photons (σ_e).
+        electronic_noise_std: electronic noise std σ_e in photons of one simulated ray (default 0:
+            see the module docstring).
         geometry: ``"parallel"`` or ``"fan"`` (equi-angular detector).
         filter: FBP window (`medseg.ct.projector.FILTERS`).
         mode: ``"insert"`` (add FBP of the extra noise to the input) or ``"full"``
