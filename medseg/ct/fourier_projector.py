@@ -18,8 +18,9 @@ How (pixel spacing ``sx, sy``, detector bins ``Δ`` apart, ``t_k = t_0 + kΔ``; 
   projection at angle θ is the image's 2-D transform on the line ``ρ·(cos θ, sin θ)``: one
   type-2 NUFFT of the pixel values (exact DTFT, aliasing included) at those points, times the
   tent's transform. Sampling the projection at the bins folds the spectrum with period
-  ``1/Δ``; we evaluate ``|ρ| ≤ K/Δ`` (``K = 1``: the tent's spectrum beyond is below
-  sinc²(1)·… and what it carries is < 10⁻³ of the line integrals), fold, and inverse-FFT.
+  ``1/Δ``; we evaluate ``|ρ| ≤ K/Δ`` with ``K = 1``, fold, and inverse-FFT. Beyond ``1/Δ``
+  the tent's spectrum is small (sinc² ≤ 1/(πρs)²): the result differs from
+  `Projector.forward` by 2·10⁻⁴ RMS on a real 512² slice (0.3 % for 1.3 × 0.9 mm pixels).
 - **FBP back-projection**: linear interpolation of the filtered view ``q`` is convolution with
   the tent ``Λ(s/Δ)``, whose transform is ``Δ·sinc²(ρΔ)``; so the back-projected image at a
   pixel is ``Σ_θ ∫ Δ sinc²(ρΔ) Q_θ(ρ) e^{2πiρ(u cos θ + v sin θ)} dρ`` with ``Q_θ`` the DTFT
