@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.ct.low_dose import DEFAULT_ELECTRONIC_NOISE_STD, DEFAULT_PHOTONS_PER_RAY
+from medseg.ct.low_dose import DEFAULT_ELECTRONIC_NOISE_STD
 from medseg.errors import InputError, MedsegError
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class LowDoseParams:
     """Keyword arguments of `medseg.ct.low_dose.simulate_low_dose` (see there for units)."""
 
     dose_fraction: float = 0.25
-    photons_per_ray: float = DEFAULT_PHOTONS_PER_RAY
+    photons_per_ray: float | None = None  # None: derived from the fluence, bins, slice thickness, views
     views: int | None = None
     detector_pixels: int | None = None
     electronic_noise_std: float = DEFAULT_ELECTRONIC_NOISE_STD
@@ -154,7 +154,8 @@ def simulate_low_dose_inputs(
             if case.dicom is not None and write_dicom:
                 from medseg.io.derived import write_derived_series
 
-                desc = f"medseg simulated {params.dose_fraction:g} dose ({params.geometry}, I0={params.photons_per_ray:g})"
+                i0 = sim.meta["low_dose_simulation"].get("photons_per_ray_used")
+                desc = f"medseg simulated {params.dose_fraction:g} dose ({params.geometry}, I0={i0:.3g})"
                 write_derived_series(sim, vol, ddir, description=desc)
                 res.dicom_dir = ddir
             write_json_atomic(sidecar, {"source": case.source, "parameters": wanted,
