@@ -5,8 +5,8 @@ each field documented.
 """
 
 from medseg.config.loading import apply_overrides, describe_config, dump_config, load_workflow, parse_override, resolve_path, validate_config
+from medseg.config.gan_schema import GanWorkflow
 from medseg.config.schema import (
-    WORKFLOW_VARIANTS,
     AugmentationConfig,
     CaseConfig,
     DataConfig,
@@ -27,8 +27,8 @@ from medseg.config.schema import (
     TrainingConfig,
     UnlabelledDataConfig,
     WorkflowBase,
-    WorkflowConfig,
 )
+from medseg.config.variants import WORKFLOW_VARIANTS, WorkflowConfig
 
 __all__ = [
     "WORKFLOW_VARIANTS",
@@ -39,6 +39,7 @@ __all__ = [
     "DenoisingModelConfig",
     "DenoisingTrainingConfig",
     "DenoisingWorkflow",
+    "GanWorkflow",
     "ImagePreprocessingConfig",
     "LossConfig",
     "ModelConfig",

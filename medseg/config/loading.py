@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from medseg.config.schema import WORKFLOW_VARIANTS, CaseConfig, WorkflowBase, WorkflowConfig
+from medseg.config.schema import WorkflowBase
+from medseg.config.variants import WORKFLOW_VARIANTS, WorkflowConfig
 from medseg.errors import ConfigError
 
 SAMPLE_PREFIX = "sample:"
@@ -159,13 +160,17 @@ def _resolve_paths(cfg: WorkflowConfig, base_dir: Path) -> WorkflowConfig:
         data.review_file = resolve_path(data.review_file, base_dir)
     for cases in (data.training, data.validation):
         for i, case in enumerate(cases):
-            cases[i] = CaseConfig(
-                image=resolve_path(case.image, base_dir),
-                label=resolve_path(case.label, base_dir) if case.label else None,
-                name=case.name,
-            )
+            # model_copy keeps a variant's own case fields (e.g. the GAN's slice range)
+            cases[i] = case.model_copy(update={
+                "image": resolve_path(case.image, base_dir),
+                "label": resolve_path(case.label, base_dir) if case.label else None,
+            })
+    if getattr(data, "paired", None):  # task gan: real full-/low-dose pairs
+        data.paired.root = resolve_path(data.paired.root, base_dir)
     if getattr(cfg.model, "pretrained", None):
         cfg.model.pretrained = resolve_path(cfg.model.pretrained, base_dir)
+    if getattr(cfg.loss, "perceptual_checkpoint", None):  # task gan
+        cfg.loss.perceptual_checkpoint = resolve_path(cfg.loss.perceptual_checkpoint, base_dir)
     return cfg
 
 

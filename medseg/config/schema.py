@@ -1,8 +1,8 @@
 """Typed workflow configuration: the single source of truth for every training option.
 
 A workflow YAML maps one-to-one onto one variant of `WorkflowConfig`, a discriminated union
-selected by the workflow's ``task:`` key (``segmentation``, the default, or ``denoising``; the
-GAN of low-dose CT enhancement is the slot for a third). The variants share `TrainingConfig`,
+selected by the workflow's ``task:`` key (``segmentation``, the default, ``denoising``, or
+``gan``: low-dose CT enhancement, its sections in `medseg.config.gan_schema`). The variants share `TrainingConfig`,
 `OptimConfig` and `OutputConfig`; what only one task uses lives in that task's sections
 (segmentation: ``data.labels``, patch sampling by label, Dice/focal loss, ResUNet3D;
 denoising: noise model, invertible intensity plan, image-to-image network).
@@ -15,7 +15,7 @@ Every model forbids unknown keys, so a misspelled option is an error (see
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -565,7 +565,7 @@ class _WorkflowBase(_Strict):
     """What every workflow has, whatever its task."""
 
     name: str = Field(description="Workflow name (default run folder name).")
-    task: str = Field(description="What is trained: segmentation (default) or denoising.")
+    task: str = Field(description="What is trained: segmentation (default), denoising or gan.")
     seed: int = Field(0, description="Seed of every random number generator (sampling, augmentation, initialisation).")
 
 
@@ -618,15 +618,9 @@ class DenoisingWorkflow(_WorkflowBase):
         return self
 
 
-# The GAN of low-dose CT enhancement (issue 18) becomes a third variant here: a GanWorkflow with
-# task: Literal["gan"] (generator/critic models, n_critic, gradient penalty), added to the union
-# and to WORKFLOW_VARIANTS.
-
-#: task name → its workflow model (the variants of `WorkflowConfig`)
-WORKFLOW_VARIANTS: dict[str, type[_WorkflowBase]] = {"segmentation": SegmentationWorkflow, "denoising": DenoisingWorkflow}
-
-#: a workflow of any task: the variant is chosen by ``task`` (validate with `medseg.config.validate_config`)
-WorkflowConfig = Annotated[Union[SegmentationWorkflow, DenoisingWorkflow], Field(discriminator="task")]
+# The variants are collected into `WorkflowConfig` (the discriminated union) in
+# `medseg.config.variants`, next to the GAN's sections (`medseg.config.gan_schema`), which build
+# on the shared sections here.
 
 #: the common base of every variant (for ``isinstance`` checks)
 WorkflowBase = _WorkflowBase

@@ -117,6 +117,12 @@ def check_training_cases(cfg: Any) -> None:
     """
     from medseg.data.datasets import resolve_cases
 
+    paired = getattr(cfg.data, "paired", None)
+    if paired is not None:  # task gan on real full-/low-dose pairs: the pairs are its cases
+        from medseg.data.ldct_pairs import check_paired_cases
+
+        check_paired_cases(paired.root, paired.full_dose_dir, paired.low_dose_dir, paired.position_tolerance_mm)
+        return
     labelled = getattr(cfg, "task", "segmentation") == "segmentation"  # image-only tasks read no labels
     training, validation = resolve_cases(cfg, labels=labelled)
     value_to_class = cfg.data.value_to_class() if labelled else {}

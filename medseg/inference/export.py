@@ -1,4 +1,7 @@
-"""Export a segmentation checkpoint to TorchScript or ONNX (optionally int8) and load it back.
+"""Export a checkpoint to TorchScript or ONNX (optionally int8) and load it back.
+
+Segmentation networks here; image-to-image ones (denoising, low-dose CT GAN) in
+`medseg.inference.export_image`.
 
 An exported file ``model.onnx`` / ``model.ts`` comes with a sidecar ``model.onnx.json`` holding
 what the checkpoint carried besides the weights (labels, preprocessing plan, sliding-window
@@ -43,10 +46,10 @@ def export_model(
     roi_size: tuple[int, int, int] | None = None,
     opset: int = 17,
 ) -> Path:
-    """Export a segmentation checkpoint's network.
+    """Export a checkpoint's network (segmentation; or a 2-D image model, see `medseg.inference.export_image`).
 
     Args:
-        checkpoint: a medseg segmentation checkpoint (``.pt``).
+        checkpoint: a medseg checkpoint (``.pt``).
         out_path: target file (default: next to the checkpoint, ``.ts`` / ``.onnx``,
             ``-int8.onnx`` when quantized).
         fmt: ``"torchscript"`` (traced at the window size) or ``"onnx"`` (dynamic batch and
@@ -59,7 +62,7 @@ def export_model(
         The exported file; its sidecar ``<file>.json`` is written next to it.
 
     Raises:
-        CheckpointError: not a segmentation checkpoint.
+        CheckpointError: not a readable checkpoint.
         InputError: unknown format, int8 asked for TorchScript, or an export failure.
     """
     import torch
@@ -75,11 +78,20 @@ def export_model(
             "Conv3d layers, so a quantized TorchScript file would be the float model"
         )
     model = load_model(checkpoint, "cpu")
-    roi = tuple(int(r) for r in (roi_size or model.inference["roi_size"]))
     ckpt = Path(checkpoint)
     if out_path is None:
         out_path = ckpt.with_name(ckpt.stem + ("-int8" if quantize else "") + SUFFIX[fmt])
     out_path = Path(out_path)
+    if model.task != "segmentation":  # image-to-image (denoising, gan): medseg.inference.export_image
+        from medseg.inference.export_image import export_image_network
+
+        entries = export_image_network(model, out_path, fmt, quantize, opset, ckpt)
+        write_json_atomic(sidecar_path(out_path), {
+            "format": fmt, "quantize": quantize, "task": model.task, "labels": {}, "preprocessing": model.plan,
+            **entries, "source_checkpoint": str(ckpt), "source_fingerprint": model.fingerprint, "metrics": model.metrics,
+        })
+        return out_path
+    roi = tuple(int(r) for r in (roi_size or model.inference["roi_size"]))
     net = _trace_safe(model.network.eval())
     # Exported graphs have a fixed input shape (the window; the checkpoint's windows per batch):
     # static shapes let ONNX Runtime / TorchScript plan once. Loaders pad or split other batches.

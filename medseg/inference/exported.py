@@ -57,8 +57,12 @@ class OnnxNetwork(FixedBatchNetwork):
         self.session = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
-        batch = inp.shape[0] if isinstance(inp.shape[0], int) else 1
-        super().__init__(self._run, batch)
+        # a dynamic batch axis (image models) takes any batch at once; a fixed one is padded/split
+        self.dynamic_batch = not isinstance(inp.shape[0], int)
+        super().__init__(self._run, 1 if self.dynamic_batch else inp.shape[0])
+
+    def __call__(self, x: Any) -> Any:
+        return self._run(x) if self.dynamic_batch else super().__call__(x)
 
     def _run(self, x: Any) -> Any:
         import torch
@@ -89,8 +93,9 @@ def load_exported(path: str | os.PathLike[str], device: Any = "cpu") -> LoadedMo
             f"{path}: its sidecar {side.name} (labels, preprocessing) is missing or unreadable; "
             "re-export with medseg export"
         ) from exc
-    if info.get("task") != "segmentation":
-        raise CheckpointError(f"{path}: exported {info.get('task')!r} model, a segmentation model is needed")
+    task = info.get("task")
+    if task not in ("segmentation", "denoising", "gan"):
+        raise CheckpointError(f"{path}: exported {task!r} model; expected a segmentation or image-to-image (denoising, gan) model")
     if path.suffix == ".onnx":
         dev = torch.device("cpu")
         network: Any = OnnxNetwork(path)
@@ -100,7 +105,8 @@ def load_exported(path: str | os.PathLike[str], device: Any = "cpu") -> LoadedMo
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 traced = torch.jit.load(str(path), map_location=dev).eval()
-            network = FixedBatchNetwork(traced, int(info.get("input_shape", [1])[0]))
+            batch = info.get("input_shape", [1])[0]
+            network = FixedBatchNetwork(traced, batch) if isinstance(batch, int) else traced  # image models: any batch
         except Exception as exc:
             raise CheckpointError(f"{path}: cannot load as TorchScript ({type(exc).__name__}: {exc})") from exc
     return LoadedModel(
@@ -112,4 +118,5 @@ def load_exported(path: str | os.PathLike[str], device: Any = "cpu") -> LoadedMo
         device=dev,
         fingerprint=file_fingerprint(path),
         metrics=dict(info.get("metrics") or {}),
+        task=str(task),
     )

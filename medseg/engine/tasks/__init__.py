@@ -89,9 +89,14 @@ def _denoising() -> type[Task]:
     return DenoisingTask
 
 
-#: workflow ``task:`` → the task class (imported on use). The GAN of low-dose CT
-#: enhancement goes here as ``"gan"`` → ``medseg.engine.tasks.gan.GanTask``.
-TASKS = {"segmentation": _segmentation, "denoising": _denoising}
+def _gan() -> type[Task]:
+    from medseg.engine.tasks.gan import GanTask
+
+    return GanTask
+
+
+#: workflow ``task:`` → the task class (imported on use)
+TASKS = {"segmentation": _segmentation, "denoising": _denoising, "gan": _gan}
 
 
 def task_class(name: str) -> type[Task]:
