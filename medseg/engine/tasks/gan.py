@@ -92,8 +92,12 @@ def _to_units(hu: np.ndarray, plan: dict[str, Any]) -> torch.Tensor:
     return torch.from_numpy(((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo)).astype(np.float32))
 
 
-def _load_ct(case: dict[str, Any]) -> tuple[np.ndarray, tuple[float, float]]:
-    """A normal-dose case as a RAS float32 HU array (its slice range) and its in-plane spacing."""
+def _load_ct(case: dict[str, Any]) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A normal-dose case as a RAS float32 HU array (its slice range) and its spacing ``(sx, sy, sz)``.
+
+    The slice spacing goes to the simulator too: its default photons per ray scale with the
+    slice thickness (a 3 mm slice collects 3× the photons of a 1 mm one at the same dose).
+    """
     from medseg.data.ldct_pairs import orient_ras
     from medseg.io import load_volume
 
@@ -108,7 +112,7 @@ def _load_ct(case: dict[str, Any]) -> tuple[np.ndarray, tuple[float, float]]:
             from medseg.errors import ConfigError
 
             raise ConfigError(f"case {case['name']}: slices {list(case['slices'])} select no slice of its {vol.shape[2]}")
-    return np.ascontiguousarray(array), (float(vol.spacing[0]), float(vol.spacing[1]))
+    return np.ascontiguousarray(array), (float(vol.spacing[0]), float(vol.spacing[1]), float(vol.spacing[2]))
 
 
 def build_pairs(cfg: GanWorkflow, role: str) -> list[dict[str, Any]]:
