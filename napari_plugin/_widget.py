@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
+
+#: Shortest time between two progress updates a widget shows (the last one is always shown).
+PROGRESS_INTERVAL_S = 0.25
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,6 +158,7 @@ class _CheckpointRun(Container):
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
         self._cancel = threading.Event()
+        self._shown_progress_at = float("-inf")
         self.worker: Any = None
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -181,6 +186,7 @@ class _CheckpointRun(Container):
             self.status.value = "choose an image layer and a checkpoint file"
             return None
         self._cancel.clear()
+        self._shown_progress_at = float("-inf")
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
@@ -213,18 +219,22 @@ class _CheckpointRun(Container):
         self.status.value = "cancelling…"
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:
-        if self._cancel.is_set():
+        # Each change repaints the dock widget and the window is composed again with napari's
+        # OpenGL canvas (slow with software OpenGL); a few updates a second are plenty
+        now = time.monotonic()
+        if self._cancel.is_set() or (done < total and now - self._shown_progress_at < PROGRESS_INTERVAL_S):
             return
+        self._shown_progress_at = now
         self.status.value = f"{stage} {done}/{total}"
         if stage == "infer" and total:
-            self.progress.value = int(100 * done / total)
+            _set_progress(self.progress, int(100 * done / total))
 
     def _on_done(self, result: Any) -> None:
         if result is None:
             self.status.value = "cancelled"
             return
         text = self._show(result)
-        self.progress.value = 100
+        _set_progress(self.progress, 100)
         self.status.value = text
 
     def _on_error(self, exc: BaseException) -> None:
@@ -233,6 +243,17 @@ class _CheckpointRun(Container):
     def _on_finished(self) -> None:
         self.run_button.enabled = True
         self.cancel_button.enabled = False
+
+
+def _set_progress(bar: ProgressBar, value: int) -> None:
+    """Set `bar` without QProgressBar's synchronous repaint: the change is drawn with the next
+    (coalesced) update of the window, together with the status text."""
+    native = bar.native
+    native.setUpdatesEnabled(False)
+    try:
+        bar.value = value
+    finally:
+        native.setUpdatesEnabled(True)  # schedules one ordinary update
 
 
 def _layer_input(layer: Any) -> tuple[Any, dict[str, Any], str]:
@@ -336,8 +357,10 @@ class EnhanceWidget(_CheckpointRun):
             # one window for both: changing it on either layer changes the other
             link_layers([source, enhanced], ("contrast_limits", "gamma", "colormap"))
             self.pair = (source, enhanced)
-        self._apply_compare()
-        self._apply_blend()
+        if self.compare.value == "side by side":
+            self._apply_compare()
+        else:  # the enhanced layer lies on the input, same extent: no layout change
+            self._apply_blend()
         return f"done: {enhanced.name}"
 
     # -- comparison
