@@ -35,8 +35,9 @@ measured). There the worker-phase gaps reached 105–197 ms in a fresh process (
 test process); `MEDSEG_PROBE_STALLS` stack dumps of those gaps show the GUI thread waiting in the
 event loop or composing a repaint and the worker in ordinary network code (convolutions, MONAI's
 window loop): the OS scheduling the GUI thread late on an overloaded box, not a thread holding
-it. Hence `MARGIN_MS` (150 ms, a 250 ms limit): 100 ms itself was not reached on this box. The old code (imports in the
-worker, synchronous progress repaints) fails this test: 786 ms in the same probe.
+it. Hence `MARGIN_MS` (150 ms, a 250 ms limit): 100 ms itself was not reached on this box.
+The old code (imports in the worker, synchronous progress repaints) fails this test: 786 ms in
+the same probe.
 """
 
 from __future__ import annotations
