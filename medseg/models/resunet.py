@@ -250,3 +250,13 @@ class ResUNet3D(nn.Module):
             ]
             return [out, *aux]
         return out
+
+
+def pooled_encoder_features(encoder: ResNet, x: torch.Tensor) -> torch.Tensor:
+    """One descriptor per input: the global average of each of the five encoder levels, concatenated.
+
+    ``(B, C, X, Y, Z)`` → ``(B, sum of encoder_feature_channels)``; what the latent-space report
+    (`medseg.report.latent`) embeds. Every level is kept so shallow (texture, intensity) and deep
+    (context) features both count.
+    """
+    return torch.cat([f.mean(dim=(2, 3, 4)) for f in encoder_features(encoder, x)], dim=1)
