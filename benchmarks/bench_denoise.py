@@ -180,6 +180,9 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=5, help="evenly spaced axial slices per volume (always holding the centre one)")
     ap.add_argument("--no-bm3d", action="store_true", help="skip BM3D (slow; optional package)")
     ap.add_argument("--bm3d-seeds", type=int, nargs="+", default=[0], help="seeds BM3D runs for (centre slice only)")
+    ap.add_argument("--bm3d-noise", nargs="+", default=[n[0] for n in NOISE], choices=[n[0] for n in NOISE],
+                    help="noise models BM3D runs for (default all)")
+    ap.add_argument("--methods", nargs="+", help="compute only these methods now (e.g. dae; the others come from rows.jsonl)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -230,12 +233,13 @@ def main() -> None:
             labels[(model, float(level))] = _level_label(model, level, clean, spacing)
             for seed in seeds:
                 methods = ["noisy", "gaussian", "nlm", "nlm_true_sigma"]
-                methods += ["bm3d_true_sigma", "bm3d_est_sigma"] if use_bm3d and seed in args.bm3d_seeds else []
+                methods += ["bm3d_true_sigma", "bm3d_est_sigma"] if use_bm3d and seed in args.bm3d_seeds and model in args.bm3d_noise else []
                 methods += ["dae"] if (scan_key, seed) in networks else []
+                methods = [m for m in methods if args.methods is None or m in args.methods]
                 title = f"{name} z{centre} · {model} {level:g} ({level_units}) · seed {seed}"
                 panel_path = args.out / "panels" / f"{scan_key}_{model}_{level:g}.png"
                 wants_panel = seed == seeds[0] and level == levels[len(levels) // 2]
-                need_panel = wants_panel and not panel_path.exists()
+                need_panel = wants_panel and not panel_path.exists() and args.methods is None
                 todo = [m for m in methods if need_panel or (centre_case, model, float(level), m, seed) not in done]
                 if wants_panel:
                     panels[title] = panel_path

@@ -96,12 +96,14 @@ def main() -> None:
     ap.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5], help="fractions of the labelled slices")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--steps", type=int, default=10, help="steps per epoch")
+    ap.add_argument("--arms", nargs="+", choices=["scratch", "pretrained"], default=["scratch", "pretrained"],
+                    help="run only these arms now (the table needs both; finished runs are reused)")
     ap.add_argument("--out", type=Path, default=Path.home() / ".cache/medseg-bench/pretrain")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     pretrained = args.pretrained
-    if pretrained is None:
+    if pretrained is None and "pretrained" in args.arms:
         from medseg.engine import train
 
         pretrained = args.out / "pretrain" / "pretrain_ct_encoder" / "checkpoints" / "best.pt"
@@ -113,6 +115,8 @@ def main() -> None:
         image, label = _reduced_case(fraction, args.out / "data")
         for seed in args.seeds:
             for arm, weights in (("scratch", None), ("pretrained", pretrained)):
+                if arm not in args.arms:
+                    continue
                 cfg = _workflow(image, label, seed, args.epochs, args.steps, weights, args.out / "runs",
                                 f"liver_spleen_f{fraction:g}_{arm}_seed{seed}")
                 results.setdefault((fraction, arm), []).append(_run(cfg))
@@ -122,6 +126,8 @@ def main() -> None:
     print("| labelled slices | organ | scratch | fine-tuned | paired Δ (fine-tuned − scratch) per seed |")
     print("| --- | --- | ---: | ---: | --- |")
     for fraction in args.fractions:
+        if len(results.get((fraction, "scratch"), [])) != len(results.get((fraction, "pretrained"), [])):
+            continue
         for organ in ("liver", "spleen"):
             a = np.array([r[organ] for r in results[(fraction, "scratch")]])
             b = np.array([r[organ] for r in results[(fraction, "pretrained")]])
