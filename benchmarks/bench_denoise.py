@@ -342,10 +342,11 @@ def _print_tables(rows: list[DenoiseRow], labels: dict[tuple[str, float], str], 
                 p = stats(sub, model, level, m, "psnr_db")[0]
                 cells.append(f"{p:.2f} / {stats(sub, model, level, m, 'ssim')[0]:.4f}" if not math.isnan(p) else "")
             dae = stats(sub, model, level, "dae", "psnr_db")[0]
-            margins = [f"{dae - stats(sub, model, level, b, 'psnr_db')[0]:+.2f} dB" for b in ("bm3d_est_sigma", "bm3d_true_sigma")]
+            diffs = [dae - stats(sub, model, level, b, "psnr_db")[0] for b in ("bm3d_est_sigma", "bm3d_true_sigma")]
+            margins = ["" if math.isnan(d) else f"{d:+.2f} dB" for d in diffs]
             print(f"| {scan} · {model} · {labels.get((model, level), level)} | " + " | ".join(cells) + " | " + " | ".join(margins) + " |")
 
-    print("\n### time per slice (median over the runs, s; --threads torch threads)\n")
+    print("\n### wall time per slice (median over the runs, s; --threads torch threads; CPU seconds are in the log)\n")
     for m in ("gaussian", "nlm", "bm3d_est_sigma", "dae"):
         for scan in ("ct_dicom", "brain_mri"):
             t = [r.seconds_per_slice for r in rows if r.method == m and r.case.startswith(scan) and r.seconds_per_slice]
