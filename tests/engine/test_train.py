@@ -49,17 +49,29 @@ def test_short_real_training_lowers_loss_and_beats_trivial(smoke_run):
 @pytest.mark.slow
 def test_segmentation_unchanged_by_the_one_engine(smoke_run):
     """The smoke workflow's metrics.csv (seed 0) equals the one written by the segmentation-only
-    loop before the task refactor (tests/engine/data, recorded with that loop), epoch times aside."""
+    loop before the task refactor (tests/engine/data, recorded with that loop), epoch times aside.
+
+    The first epoch must agree to the written digits: a change of sampling, augmentation, loss or
+    schedule moves it by far more. Later epochs get a tolerance: float sums differ between CPUs
+    and library builds (the reference CPU vs an AVX-512 Xeon: 1e-6 in epoch 1's loss), and
+    training amplifies that (measured there: loss 4e-4, Dice 0.005, HD95 1.2 % by epoch 6)."""
     ref = read_epoch_log(Path(__file__).parent / "data" / "smoke_metrics_seed0.csv")
     new = read_epoch_log(smoke_run / "metrics.csv")
     header = (smoke_run / "metrics.csv").read_text().splitlines()[0]
     assert header == (Path(__file__).parent / "data" / "smoke_metrics_seed0.csv").read_text().splitlines()[0]
     assert len(new) == len(ref)
     for a, b in zip(new, ref):
+        first = int(b["epoch"]) == 1
         for key in b:
-            if key != "epoch_seconds":
-                # 6 significant digits are written; the tolerance only absorbs last-digit rounding of other CPUs
-                np.testing.assert_allclose(a[key], b[key], rtol=2e-6, equal_nan=True, err_msg=key)
+            if key == "epoch_seconds":
+                continue
+            if first or key in ("epoch", "lr", "encoder_lr", "encoder_frozen"):
+                # 6 significant digits are written: last-digit rounding only
+                np.testing.assert_allclose(a[key], b[key], rtol=2e-6 if key != "train_loss" else 1e-5, equal_nan=True, err_msg=key)
+            elif "dice" in key:
+                np.testing.assert_allclose(a[key], b[key], atol=0.02, equal_nan=True, err_msg=key)
+            else:  # train_loss, hd95
+                np.testing.assert_allclose(a[key], b[key], rtol=2e-3 if key == "train_loss" else 0.05, equal_nan=True, err_msg=key)
 
 
 @pytest.mark.slow
