@@ -87,7 +87,10 @@ def main() -> None:
         if not sep:
             ap.error(f"--model expects NAME=PATH, got {spec!r}")
         model = load_model(path, "cpu")
-        methods[name] = volume_method(lambda v, m=model: predict_image(v, m))
+        # a 2-D/2.5-D generator restores each slice from its own neighbours: run it on the scored
+        # slices' slabs only (the same output as the whole volume, see volume_method)
+        k = int(model.inference.get("context_slices", 0) or 0) if int(model.inference.get("spatial_dims", 3)) == 2 else None
+        methods[name] = volume_method(lambda v, m=model: predict_image(v, m), context_slices=k)
         print(f"{name}: {path} (task {model.task})")
 
     protocol = LowDoseProtocol(

@@ -322,11 +322,29 @@ def baseline_method(name: str, sigma: float | str | None = "oracle", **kwargs: A
     return run
 
 
-def volume_method(enhance: Callable[[Volume], Volume]) -> EnhanceMethod:
-    """An `EnhanceMethod` from a whole-volume enhancer (e.g. ``lambda v: predict_image(v, model)``):
-    it runs on the whole low-dose volume, the scored slices are kept."""
+def volume_method(enhance: Callable[[Volume], Volume], context_slices: int | None = None) -> EnhanceMethod:
+    """An `EnhanceMethod` from a volume enhancer (e.g. ``lambda v: predict_image(v, model)``).
+
+    Args:
+        enhance: low-dose Volume → enhanced Volume on its grid.
+        context_slices: None = run on the whole low-dose volume and keep the scored slices.
+            ``k`` (a 2-D / 2.5-D network with k neighbours on each side) = run on the slab
+            ``s−k … s+k`` of each scored slice ``s`` only and keep its centre: the same result
+            (the centre slice sees exactly its neighbours, and a slab clipped at the volume's
+            end replicates the edge slice as the whole volume would), for fewer slices.
+    """
 
     def run(low: Volume, slices: Sequence[int]) -> np.ndarray:
-        return np.asarray(enhance(low).array, dtype=np.float32)[:, :, list(slices)]
+        if context_slices is None:
+            return np.asarray(enhance(low).array, dtype=np.float32)[:, :, list(slices)]
+        array = np.asarray(low.array, dtype=np.float32)
+        out = []
+        for s in slices:
+            a, b = max(0, s - context_slices), min(array.shape[2], s + context_slices + 1)
+            affine = low.affine.copy()
+            affine[:3, 3] = (low.affine @ np.array([0.0, 0.0, float(a), 1.0]))[:3]
+            slab = Volume(np.ascontiguousarray(array[:, :, a:b]), affine, dict(low.meta))
+            out.append(np.asarray(enhance(slab).array, dtype=np.float32)[:, :, s - a])
+        return np.stack(out, axis=-1)
 
     return run
