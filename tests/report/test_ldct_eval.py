@@ -76,8 +76,10 @@ def test_evaluate_low_dose_tables_match_scikit_image(liver_crop, tmp_path):
         seen[low.meta["low_dose_simulation"]["dose_fraction"]] = np.asarray(low.array)[:, :, list(slices)].copy()
         return np.asarray(low.array)[:, :, list(slices)]
 
+    # a 128² crop attenuates far less than the whole body (few photons are lost), so the
+    # default I0 would insert ~1 HU; 1e5 photons per ray makes the inserted noise 10-20 HU
     protocol = LowDoseProtocol(doses=(0.25, 0.1), slices=(0, 1, 2, 3), roi_size_px=16, max_rois_per_slice=4,
-                               simulation={"views": 180})
+                               simulation={"views": 180, "photons_per_ray": 1e5})
     ev = evaluate_low_dose(image, {"identity": identity, "gaussian": baseline_method("gaussian")}, mask,
                            protocol=protocol, case="crop")
     assert len(ev.rows) == 2 * 3 * 2  # doses × (low-dose, identity, gaussian) × windows
@@ -126,3 +128,22 @@ def test_evaluate_low_dose_rejects_a_mask_off_grid(liver_crop):
     image, mask = liver_crop
     with pytest.raises(GeometryError, match="mask"):
         evaluate_low_dose(image, {}, Volume(mask[:64].astype(np.uint8), image.affine, {}))
+
+
+def test_volume_method_on_slabs_equals_the_whole_volume(liver_crop):
+    from scipy.ndimage import uniform_filter1d
+
+    from medseg.report.ldct import volume_method
+
+    image, _ = liver_crop
+    calls = []
+
+    def enhance(v):  # a "2.5-D" enhancer: the mean of each slice and its neighbours (edge replicated)
+        calls.append(v.shape[2])
+        return v.with_array(uniform_filter1d(np.asarray(v.array, dtype=np.float32), 3, axis=2, mode="nearest"))
+
+    whole = volume_method(enhance)(image, [0, 2, 3])
+    slabs = volume_method(enhance, context_slices=1)(image, [0, 2, 3])
+    assert calls == [4, 2, 3, 2]  # the whole volume, then a slab per scored slice (clipped at the ends)
+    np.testing.assert_array_equal(whole, slabs)
+    assert whole.shape == (128, 128, 3)
