@@ -130,8 +130,8 @@ def _protocol_text(ev: LowDoseEvaluation) -> list[str]:
         "1 = all noise removed); noise_std_hu includes the organ's own texture, identical for every method.",
         f"Panels: display window {p.display_window[0]:g}..{p.display_window[1]:g} HU for every image; differences "
         f"to normal dose in ±{0.2 * (p.display_window[1] - p.display_window[0]):g} HU.",
-        "Seconds per slice: the method's call time divided by the scored slices (a network runs on the whole "
-        "volume, so its figure includes the unscored slices).",
+        "Seconds per slice: the method's call time divided by the scored slices (a network that runs on the whole "
+        "volume or on each scored slice's slab counts those extra slices too; on a shared machine, a rough figure).",
     ]
 
 
