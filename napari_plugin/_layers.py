@@ -12,6 +12,11 @@ from typing import Any
 
 import numpy as np
 
+# napari imports pandas the first time a layer gets `features`; imported here (the plugin loads on
+# napari's GUI thread) rather than first inside a worker, where a large import holds the GIL and
+# freezes the GUI
+import pandas as pd
+
 from medseg.io import Volume
 from medseg.io.viewer import GEOMETRY_KEY, display_contrast_limits, label_colors, layer_geometry
 
@@ -71,7 +76,6 @@ def labels_layer(volume: Volume, name: str, label_names: dict[int, str] | None =
 
 def label_style(values: list[int], names: dict[int, str]) -> dict[str, Any]:
     """``colormap`` (fixed colour per value) and ``features`` (names in the status bar)."""
-    import pandas as pd
     from napari.utils.colormaps import DirectLabelColormap
 
     colors = label_colors(values)

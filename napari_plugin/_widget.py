@@ -1,4 +1,4 @@
-"""medseg's napari widgets: Segment, Metrics, Review queue.
+"""medseg's napari widgets: Segment, Enhance, Metrics, Review queue.
 
 Each widget collects parameters, runs one `medseg` call in a `napari.qt.threading.thread_worker`
 (so the Qt event loop stays free) and shows the result. Nothing here segments, measures or
@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, Table
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, LineEdit, ProgressBar, PushButton, Table,
+)
 from qtpy.QtCore import QObject, Signal
 
 from napari_plugin._layers import LABELS_KEY, SOURCE_KEY, geometry_of, image_layer, labels_layer
@@ -23,6 +26,9 @@ if TYPE_CHECKING:
     import napari
 
 log = logging.getLogger(__name__)
+
+#: Shortest time between two progress updates a widget shows (the last one is always shown).
+PROGRESS_INTERVAL_S = 0.25
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,40 +125,59 @@ def _notify_error(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Segment
+# Segment and Enhance: a checkpoint applied to an image layer in a worker
 
 
-class SegmentWidget(Container):
-    """Segment the chosen image with a medseg checkpoint; adds a named Labels layer.
+class _CheckpointRun(Container):
+    """What Segment and Enhance share: image, checkpoint, device, run / cancel, progress, status.
 
-    Uncertainty maps are not offered: this medseg has no uncertainty output yet
-    (``medseg.inference.uncertainty`` is being added by another branch).
+    A subclass adds its own options (`_options`), runs `medseg` in `_work` (in the worker; it
+    returns layer-data tuples, or None when cancelled) and shows them in `_show`.
     """
 
+    run_text = "Run"
+
     def __init__(self, viewer: napari.Viewer) -> None:
+        from medseg.inference.preload import preload_inference
+
         super().__init__(labels=True)
         self.viewer = viewer
         install_geometry_hook(viewer)
+        # torch, MONAI and the model code are imported now, on the GUI thread, while the widget
+        # opens: imported by the first run's worker they would hold the GIL and freeze the GUI
+        preload_inference()
         self.image = ComboBox(label="image", choices=lambda _w: _layers_of(self.viewer, "image"))
         self.checkpoint = FileEdit(label="checkpoint", filter="*.pt", mode="r")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
-        self.tta = CheckBox(text="flip TTA (4× slower)", value=False)
-        self.run_button = PushButton(text="Segment")
+        self.run_button = PushButton(text=self.run_text)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=100, value=0)
         self.status = Label(label="", value="")
-        self.extend([self.image, self.checkpoint, self.device, self.tta, self.run_button, self.cancel_button, self.progress, self.status])
+        self.extend([self.image, self.checkpoint, self.device, *self._options(), self.run_button, self.cancel_button,
+                     self.progress, self.status])
         self._relay = _Relay()
         self._relay.progressed.connect(self._on_progress)
         self._cancel = threading.Event()
+        self._shown_progress_at = float("-inf")
         self.worker: Any = None
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda _e: self.image.reset_choices())
 
+    def _options(self) -> list[Any]:
+        return []
+
+    def _work(self, layer: Any, ckpt: Path, device: str) -> Any:
+        """A function the worker runs: ``work(report) -> result | None``; `report` raises when cancelled."""
+        raise NotImplementedError
+
+    def _show(self, result: Any) -> str:
+        """Add `result` to the viewer (GUI thread); returns the status text."""
+        raise NotImplementedError
+
     def start(self) -> Any:
-        """Start segmenting in a worker thread; returns the worker (None if inputs are missing)."""
+        """Start the run in a worker thread; returns the worker (None if inputs are missing)."""
         from napari.qt.threading import thread_worker
 
         layer = self.image.value
@@ -161,35 +186,27 @@ class SegmentWidget(Container):
             self.status.value = "choose an image layer and a checkpoint file"
             return None
         self._cancel.clear()
+        self._shown_progress_at = float("-inf")
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
         self.status.value = "loading the model…"
-        data, metadata, name = layer.data, dict(layer.metadata), layer.name
-        device, tta, relay, cancel = str(self.device.value), bool(self.tta.value), self._relay, self._cancel
+        work = self._work(layer, ckpt, str(self.device.value))
+        relay, cancel = self._relay, self._cancel
 
-        @thread_worker
-        def work() -> tuple[Any, dict[str, Any], str] | None:
-            from medseg.inference import InferenceOptions, load_model, segment_volume
-            from medseg.io.viewer import volume_from_layer
+        def report(stage: str, done: int, total: int) -> None:
+            if cancel.is_set():
+                raise SegmentationCancelled()
+            relay.progressed.emit(stage, int(done), int(total))
 
-            source = dict(metadata.get(SOURCE_KEY) or {})
-            volume = volume_from_layer(np.asarray(data), metadata, what=f"layer {name!r}", **source)
-            model = load_model(ckpt, device)
-
-            def report(stage: str, done: int, total: int) -> None:
-                if cancel.is_set():
-                    raise SegmentationCancelled()
-                relay.progressed.emit(stage, int(done), int(total))
-
+        @thread_worker(ignore_errors=True)  # errors go to `_on_error` (one notification, no traceback)
+        def run() -> Any:
             try:
-                seg = segment_volume(volume, [model], InferenceOptions(device=device, tta=tta), progress=report)
+                return work(report)
             except SegmentationCancelled:
                 return None
-            seg.meta = {**source, "label_names": dict(model.labels), "models": seg.meta.get("models")}
-            return labels_layer(seg, f"{name} segmentation", dict(model.labels))
 
-        self.worker = work()
+        self.worker = run()
         self.worker.returned.connect(self._on_done)
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
@@ -197,24 +214,28 @@ class SegmentWidget(Container):
         return self.worker
 
     def cancel(self) -> None:
-        """Ask the running segmentation to stop at its next progress step."""
+        """Ask the running job to stop at its next progress step."""
         self._cancel.set()
         self.status.value = "cancelling…"
 
     def _on_progress(self, stage: str, done: int, total: int) -> None:
-        if self._cancel.is_set():
+        # Each change repaints the dock widget and the window is composed again with napari's
+        # OpenGL canvas (slow with software OpenGL); a few updates a second are plenty
+        now = time.monotonic()
+        if self._cancel.is_set() or (done < total and now - self._shown_progress_at < PROGRESS_INTERVAL_S):
             return
+        self._shown_progress_at = now
         self.status.value = f"{stage} {done}/{total}"
         if stage == "infer" and total:
-            self.progress.value = int(100 * done / total)
+            _set_progress(self.progress, int(100 * done / total))
 
-    def _on_done(self, layer_data: Any) -> None:
-        if layer_data is None:
+    def _on_done(self, result: Any) -> None:
+        if result is None:
             self.status.value = "cancelled"
             return
-        _add(self.viewer, layer_data)
-        self.progress.value = 100
-        self.status.value = f"done: {layer_data[1]['name']}"
+        text = self._show(result)
+        _set_progress(self.progress, 100)
+        self.status.value = text
 
     def _on_error(self, exc: BaseException) -> None:
         self.status.value = _notify_error(exc)
@@ -222,6 +243,172 @@ class SegmentWidget(Container):
     def _on_finished(self) -> None:
         self.run_button.enabled = True
         self.cancel_button.enabled = False
+
+
+def _set_progress(bar: ProgressBar, value: int) -> None:
+    """Set `bar` without QProgressBar's synchronous repaint: the change is drawn with the next
+    (coalesced) update of the window, together with the status text."""
+    native = bar.native
+    native.setUpdatesEnabled(False)
+    try:
+        bar.value = value
+    finally:
+        native.setUpdatesEnabled(True)  # schedules one ordinary update
+
+
+def _layer_input(layer: Any) -> tuple[Any, dict[str, Any], str]:
+    """What a worker needs of an image layer (its data, a copy of its metadata, its name)."""
+    return layer.data, dict(layer.metadata), layer.name
+
+
+class SegmentWidget(_CheckpointRun):
+    """Segment the chosen image with a medseg checkpoint; adds a named Labels layer and, when
+    asked, the uncertainty map (normalised softmax entropy, `medseg.inference.uncertainty`)."""
+
+    run_text = "Segment"
+
+    def _options(self) -> list[Any]:
+        self.tta = CheckBox(text="flip TTA (4× slower)", value=False)
+        self.uncertainty = CheckBox(text="uncertainty map (softmax entropy)", value=False)
+        return [self.tta, self.uncertainty]
+
+    def _work(self, layer: Any, ckpt: Path, device: str) -> Any:
+        data, metadata, name = _layer_input(layer)
+        tta, uncertainty = bool(self.tta.value), bool(self.uncertainty.value)
+
+        def work(report: Any) -> tuple[Any, Any] | None:
+            from medseg.inference import InferenceOptions, load_model, segment_volume
+            from medseg.io import Volume
+            from medseg.io.viewer import volume_from_layer
+
+            source = dict(metadata.get(SOURCE_KEY) or {})
+            volume = volume_from_layer(np.asarray(data), metadata, what=f"layer {name!r}", **source)
+            model = load_model(ckpt, device)
+            options = InferenceOptions(device=device, tta=tta, uncertainty=uncertainty)
+            seg = segment_volume(volume, [model], options, progress=report)
+            entropy = seg.meta.pop("uncertainty", None)
+            seg.meta = {**source, "label_names": dict(model.labels), "models": seg.meta.get("models")}
+            labels = labels_layer(seg, f"{name} segmentation", dict(model.labels))
+            unc = None
+            if entropy is not None:
+                # 0 = one-hot softmax, 1 = uniform: a fixed [0, 1] window compares runs and series
+                unc = image_layer(Volume(entropy, volume.affine, dict(source)), f"{name} uncertainty",
+                                  contrast_limits=(0.0, 1.0), colormap="magma", blending="additive", visible=True)
+            return labels, unc
+
+        return work
+
+    def _show(self, result: tuple[Any, Any]) -> str:
+        labels, unc = result
+        if unc is not None:
+            _add(self.viewer, unc)
+        _add(self.viewer, labels)
+        return f"done: {labels[1]['name']}"
+
+
+class EnhanceWidget(_CheckpointRun):
+    """Apply a denoising / low-dose CT checkpoint (`medseg.inference.image.predict_image`) to the
+    chosen image; the result is a new Image layer on the input's grid with its window, compared
+    with the input side by side (napari's grid) or overlaid (a blend slider and an A/B toggle)."""
+
+    run_text = "Enhance"
+
+    def _options(self) -> list[Any]:
+        self.compare = ComboBox(label="compare", choices=["overlay", "side by side"], value="overlay")
+        self.blend = FloatSlider(label="input ↔ enhanced", min=0.0, max=1.0, step=0.05, value=1.0)
+        self.toggle_button = PushButton(text="Show input / enhanced")
+        self.compare.changed.connect(self._apply_compare)
+        self.blend.changed.connect(self._apply_blend)
+        self.toggle_button.changed.connect(self.toggle)
+        self.pair: tuple[Any, Any] | None = None  # (input layer, enhanced layer) of the last run
+        self._hidden: list[Any] = []  # layers side-by-side mode hid (shown again when it ends)
+        return [self.compare, self.blend, self.toggle_button]
+
+    def _work(self, layer: Any, ckpt: Path, device: str) -> Any:
+        data, metadata, name = _layer_input(layer)
+        window = {"contrast_limits": tuple(float(c) for c in layer.contrast_limits), "gamma": float(layer.gamma),
+                  "colormap": layer.colormap.name}
+        self._input_layer = layer
+
+        def work(report: Any) -> Any:
+            from medseg.inference import load_model
+            from medseg.inference.image import predict_image
+            from medseg.io.viewer import volume_from_layer
+
+            source = dict(metadata.get(SOURCE_KEY) or {})
+            volume = volume_from_layer(np.asarray(data), metadata, what=f"layer {name!r}", **source)
+            model = load_model(ckpt, device)
+            if model.task == "segmentation":  # as `medseg enhance` refuses it
+                from medseg.errors import CheckpointError
+
+                raise CheckpointError(f"{ckpt}: a segmentation checkpoint; use the Segment widget for it")
+            result = predict_image(volume, model, progress=report)
+            # the input's window and colormap: the comparison shows the same grey values alike
+            return image_layer(result, f"{name} enhanced", **window)
+
+        return work
+
+    def _show(self, result: Any) -> str:
+        from napari.experimental import link_layers
+
+        source = self._input_layer
+        enhanced = _add(self.viewer, result)
+        if source in self.viewer.layers:
+            # one window for both: changing it on either layer changes the other
+            link_layers([source, enhanced], ("contrast_limits", "gamma", "colormap"))
+            self.pair = (source, enhanced)
+        if self.compare.value == "side by side":
+            self._apply_compare()
+        else:  # the enhanced layer lies on the input, same extent: no layout change
+            self._apply_blend()
+        return f"done: {enhanced.name}"
+
+    # -- comparison
+    def _live_pair(self) -> tuple[Any, Any] | None:
+        if self.pair is None or any(l not in self.viewer.layers for l in self.pair):
+            return None
+        return self.pair
+
+    def _apply_compare(self, _value: Any = None) -> None:
+        pair = self._live_pair()
+        grid = self.viewer.canvas.grid
+        if pair is None:
+            return
+        source, enhanced = pair
+        if self.compare.value == "side by side":
+            # only the two layers are shown, one per grid cell (napari's grid skips hidden layers)
+            self._hidden = [l for l in self.viewer.layers if l.visible and l not in pair]
+            for l in self._hidden:
+                l.visible = False
+            source.visible = enhanced.visible = True
+            enhanced.opacity = 1.0
+            grid.stride, grid.shape, grid.enabled = 1, (1, 2), True
+            self.blend.enabled = self.toggle_button.enabled = False
+            self.status.value = f"side by side: {source.name} | {enhanced.name}"
+        else:
+            grid.enabled = False
+            for l in self._hidden:
+                if l in self.viewer.layers:
+                    l.visible = True
+            self._hidden = []
+            source.visible = enhanced.visible = True
+            self.blend.enabled = self.toggle_button.enabled = True
+            self._apply_blend()
+            self.status.value = f"overlay: {enhanced.name} over {source.name}"
+        self.viewer.reset_view()  # the layout changed: fit the images to the canvas
+
+    def _apply_blend(self, _value: Any = None) -> None:
+        """Overlay mode: the enhanced layer's opacity (0 = the input only, 1 = the enhanced only)."""
+        pair = self._live_pair()
+        if pair is not None and self.compare.value == "overlay":
+            pair[1].opacity = float(self.blend.value)
+
+    def toggle(self) -> None:
+        """Overlay mode: flip between the input and the enhanced image (A/B)."""
+        pair = self._live_pair()
+        if pair is not None and self.compare.value == "overlay":
+            pair[1].visible = not pair[1].visible
+            self.status.value = f"showing {(pair[1] if pair[1].visible else pair[0]).name}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -476,7 +476,10 @@ class NoiseConfig(_Strict):
     dose_range: tuple[float, float] = Field(
         (0.05, 0.5), description="ct_dose: simulated dose as a fraction of the full dose, drawn log-uniformly, within (0, 1]."
     )
-    photons_per_ray: float = Field(1e6, gt=0, description="ct_dose: full-dose unattenuated photons per detector reading (effective count).")
+    photons_per_ray: float = Field(
+        1e7, gt=0, description="ct_dose: full-dose unattenuated photons per detector reading (effective count; 1e7 = "
+        "medseg.data.noise's calibration: ~15 HU of full-dose noise in soft tissue at 0.98 mm pixels).",
+    )
     electronic_sigma: float = Field(10.0, ge=0, description="ct_dose: electronic noise per reading, in counts.")
     val_levels: list[float] | None = Field(
         None,
@@ -497,10 +500,12 @@ class NoiseConfig(_Strict):
 class DenoisingModelConfig(_Strict):
     """The denoising network (`medseg.models.denoise`); dumped into checkpoints for `medseg.models.build_model`."""
 
-    name: Literal["unet_denoiser", "redcnn", "vae_denoiser"] = Field(
+    name: Literal["unet_denoiser", "redcnn", "vae_denoiser", "resnet_denoiser"] = Field(
         "unet_denoiser",
         description="unet_denoiser: residual MONAI BasicUNet; redcnn: RED-CNN residual encoder-decoder; vae_denoiser: "
-        "convolutional VAE (adds loss.kl_weight · KL).",
+        "convolutional VAE (adds loss.kl_weight · KL); resnet_denoiser: the segmentation model's 3-D ResNet encoder + a "
+        "light decoder (encoder pretraining: its checkpoint loads as a segmentation workflow's model.pretrained; "
+        "options: encoder, encoder_channels, stem_stride, encoder_norm, decoder_channels).",
     )
     spatial_dims: Literal[2, 3] = Field(2, description="2: axial slices (2.5-D with context_slices); 3: patches of the volume.")
     context_slices: int = Field(0, ge=0, le=4, description="2-D only: neighbour slices each side given as extra input channels (2k+1 in).")

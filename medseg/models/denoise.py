@@ -1,4 +1,5 @@
-"""Denoising networks: RED-CNN, a residual U-Net and a convolutional VAE, in 2-D and 3-D.
+"""Denoising networks: RED-CNN, a residual U-Net and a convolutional VAE, in 2-D and 3-D, and
+the segmentation encoder with a light decoder (`ResNetDenoiser`, for encoder pretraining).
 
 Every denoiser maps ``(B, C_in, H, W[, D])`` in network units to ``(B, 1, H, W[, D])``: the clean
 image in network units. They are residual: ``output = x_centre + f(x)`` where ``x_centre`` is
@@ -31,6 +32,8 @@ __all__ = [
     "DENOISER_NAMES",
     "REDCNN",
     "REDCNNConfig",
+    "ResNetDenoiser",
+    "ResNetDenoiserConfig",
     "UNetDenoiser",
     "UNetDenoiserConfig",
     "VAEDenoiser",
@@ -219,6 +222,76 @@ class VAEDenoiser(nn.Module):
         return out, kl
 
 
+class ResNetDenoiser(nn.Module):
+    """Encoder pretraining: the segmentation model's 3-D ResNet encoder with a light decoder.
+
+    The encoder is `medseg.models.resunet.resnet_encoder` with the same arguments as
+    `ResUNet3D`'s (same module names and shapes), so this network's checkpoint loads as
+    ``model.pretrained`` of a segmentation workflow with the same ``encoder``,
+    ``encoder_channels``, ``stem_stride``, ``shortcut_type`` and ``encoder_norm``
+    (`medseg.models.pretrained` takes the tensors under ``encoder.``).
+
+    Decoder (light, feature-pyramid style): each of the five encoder levels (stem, layer1..4) is
+    projected by a 1×1×1 convolution to ``decoder_channels``, summed top-down after trilinear
+    upsampling (so every level, the deepest included, gets a direct gradient from the
+    reconstruction), refined by one 3×3×3 convolution per level, upsampled to the input size and
+    turned into ``f`` by a 3×3×3 refinement and a zero-initialised head; output ``x + f``. There
+    is deliberately no skip from the input itself: every detail has to pass the encoder, which is
+    what the pretraining is for.
+
+    Inputs of any size: replicate-padded to a multiple of 32 and cropped back.
+
+    Args:
+        spatial_dims: must be 3 (the segmentation encoder is 3-D).
+        in_channels: image channels (1).
+        encoder, encoder_channels, stem_stride, shortcut_type, encoder_norm: as `ResUNet3D`.
+        decoder_channels: width of the decoder.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        encoder: str = "resnet18",
+        encoder_channels: tuple[int, ...] = (64, 128, 256, 512),
+        stem_stride: int | tuple[int, ...] = 2,
+        shortcut_type: str | None = None,
+        encoder_norm: str = "batch",
+        decoder_channels: int = 16,
+    ) -> None:
+        super().__init__()
+        from medseg.models.resunet import encoder_feature_channels, resnet_encoder, stem_strides
+
+        if spatial_dims != 3:
+            raise ConfigError("resnet_denoiser is 3-D (the segmentation encoder's); set model.spatial_dims: 3")
+        _check_channels(in_channels)
+        try:
+            self.encoder = resnet_encoder(in_channels, encoder, encoder_channels, stem_strides(stem_stride), shortcut_type, encoder_norm)
+        except ValueError as exc:
+            raise ConfigError(f"resnet_denoiser: {exc}") from None
+        self.lateral = nn.ModuleList(nn.Conv3d(c, decoder_channels, 1) for c in encoder_feature_channels(encoder, encoder_channels))
+        self.smooth = nn.ModuleList(nn.Conv3d(decoder_channels, decoder_channels, 3, padding=1) for _ in self.lateral)
+        self.refine = nn.Conv3d(decoder_channels, decoder_channels, 3, padding=1)
+        self.head = nn.Conv3d(decoder_channels, 1, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor, return_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        from medseg.models.resunet import encoder_features
+
+        padded, sizes = _pad_to_multiple(x, 32)
+        feats = encoder_features(self.encoder, padded)
+        d = self.lateral[-1](feats[-1])
+        d = F.leaky_relu(self.smooth[-1](d), 0.1)
+        for i in range(len(feats) - 2, -1, -1):
+            d = F.interpolate(d, size=feats[i].shape[2:], mode="trilinear", align_corners=False) + self.lateral[i](feats[i])
+            d = F.leaky_relu(self.smooth[i](d), 0.1)
+        d = F.interpolate(d, size=padded.shape[2:], mode="trilinear", align_corners=False)
+        f = self.head(F.leaky_relu(self.refine(d), 0.1))
+        out = _crop(f, sizes) + _centre(x)
+        return (out, out.new_zeros(())) if return_kl else out
+
+
 # ------------------------------------------------------------------------------- configs
 
 
@@ -262,7 +335,22 @@ class VAEDenoiserConfig(_DenoiserConfig):
     latent_channels: int = Field(8, ge=1, description="Latent maps (μ and log σ² each).")
 
 
+class ResNetDenoiserConfig(_DenoiserConfig):
+    """The segmentation encoder with a light decoder (`ResNetDenoiser`): encoder pretraining."""
+
+    name: Literal["resnet_denoiser"] = "resnet_denoiser"
+    spatial_dims: Literal[3] = Field(3, description="3 only: the segmentation encoder is 3-D.")
+    encoder: Literal["resnet10", "resnet18", "resnet34", "resnet50"] = Field("resnet18", description="As the segmentation model's.")
+    encoder_channels: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=4, max_length=4,
+                                        description="As the segmentation model's (must match for model.pretrained).")
+    stem_stride: int | list[int] = Field(2, description="As the segmentation model's.")
+    shortcut_type: Literal["A", "B"] | None = Field(None, description="As the segmentation model's.")
+    encoder_norm: Literal["batch", "instance"] = Field("batch", description="As the segmentation model's.")
+    decoder_channels: int = Field(16, ge=1, description="Width of the light decoder.")
+
+
 _CONFIGS: dict[str, tuple[type[_Strict], type[nn.Module]]] = {
+    "resnet_denoiser": (ResNetDenoiserConfig, ResNetDenoiser),
     "redcnn": (REDCNNConfig, REDCNN),
     "unet_denoiser": (UNetDenoiserConfig, UNetDenoiser),
     "vae_denoiser": (VAEDenoiserConfig, VAEDenoiser),
@@ -294,6 +382,7 @@ def build_denoiser(model_cfg: dict[str, Any]) -> nn.Module:
         problems = "; ".join(f"model.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"invalid {name} config ({problems}); valid keys: {', '.join(cfg_cls.model_fields)}") from None
     kwargs = cfg.model_dump(exclude={"name", "out_channels"})
-    if "features" in kwargs and isinstance(kwargs["features"], list):
-        kwargs["features"] = tuple(kwargs["features"])
+    for key in ("features", "encoder_channels", "stem_stride"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
     return net_cls(**kwargs)

@@ -46,6 +46,63 @@ RESNET_LAYERS: dict[str, tuple[type[nn.Module], list[int]]] = {
 MEDICALNET_SHORTCUT = {"resnet10": "B", "resnet18": "A", "resnet34": "A", "resnet50": "B"}
 
 
+def resnet_encoder(
+    in_channels: int,
+    encoder: str,
+    encoder_channels: Sequence[int],
+    stem_stride: Sequence[int],
+    shortcut_type: str | None,
+    encoder_norm: str,
+) -> ResNet:
+    """The MONAI ResNet encoder of `ResUNet3D` (MedicalNet's module names; no pooling/FC head).
+
+    Shared with the encoder-pretraining denoiser (`medseg.models.denoise.ResNetDenoiser`), so a
+    checkpoint of one loads into the other's ``encoder`` (`medseg.models.pretrained`).
+    """
+    if encoder not in RESNET_LAYERS:
+        raise ValueError(f"unknown encoder {encoder!r}; expected one of {sorted(RESNET_LAYERS)}")
+    if len(encoder_channels) != 4:
+        raise ValueError(f"encoder_channels needs 4 widths, got {list(encoder_channels)}")
+    block, layers = RESNET_LAYERS[encoder]
+    return ResNet(
+        block=block,
+        layers=layers,
+        block_inplanes=list(encoder_channels),
+        spatial_dims=3,
+        n_input_channels=in_channels,
+        conv1_t_size=7,
+        conv1_t_stride=tuple(stem_stride),
+        shortcut_type=shortcut_type or MEDICALNET_SHORTCUT[encoder],
+        bias_downsample=False,
+        feed_forward=False,
+        norm=("instance", {"affine": True}) if encoder_norm == "instance" else encoder_norm,
+    )
+
+
+def stem_strides(stem_stride: int | Sequence[int]) -> list[int]:
+    """The stem convolution's stride per axis (each 1 or 2) from one value or three."""
+    stride = [int(stem_stride)] * 3 if isinstance(stem_stride, int) else [int(s) for s in stem_stride]
+    if len(stride) != 3 or any(s not in (1, 2) for s in stride):
+        raise ValueError(f"stem_stride must be 1 or 2 (or three such values), got {stem_stride}")
+    return stride
+
+
+def encoder_feature_channels(encoder: str, encoder_channels: Sequence[int]) -> list[int]:
+    """Channels of the encoder's stem and layer1..layer4 outputs."""
+    exp = RESNET_LAYERS[encoder][0].expansion  # type: ignore[attr-defined]
+    c = list(encoder_channels)
+    return [c[0], c[0] * exp, c[1] * exp, c[2] * exp, c[3] * exp]
+
+
+def encoder_features(encoder: ResNet, x: torch.Tensor) -> list[torch.Tensor]:
+    """The stem and layer1..layer4 feature maps of `resnet_encoder`'s network on ``x``."""
+    stem = encoder.act(encoder.bn1(encoder.conv1(x)))
+    l1 = encoder.layer1(encoder.maxpool(stem))
+    l2 = encoder.layer2(l1)
+    l3 = encoder.layer3(l2)
+    return [stem, l1, l2, l3, encoder.layer4(l3)]
+
+
 def _norm(name: str, channels: int) -> str | tuple:
     """MONAI norm spec for a config name ("instance", "batch", "group") on `channels` channels."""
     if name == "group":
@@ -109,29 +166,11 @@ class ResUNet3D(nn.Module):
             raise ValueError(f"encoder_channels needs 4 widths, got {list(encoder_channels)}")
         if len(decoder_channels) != 5:
             raise ValueError(f"decoder_channels needs 5 widths (deepest first), got {list(decoder_channels)}")
-        block, layers = RESNET_LAYERS[encoder]
-        stride = [int(stem_stride)] * 3 if isinstance(stem_stride, int) else [int(s) for s in stem_stride]
-        if len(stride) != 3 or any(s not in (1, 2) for s in stride):
-            raise ValueError(f"stem_stride must be 1 or 2 (or three such values), got {stem_stride}")
+        stride = stem_strides(stem_stride)
         self.stem_stride = tuple(stride)
         self.deep_supervision = deep_supervision
-        self.encoder = ResNet(
-            block=block,
-            layers=layers,
-            block_inplanes=list(encoder_channels),
-            spatial_dims=3,
-            n_input_channels=in_channels,
-            conv1_t_size=7,
-            conv1_t_stride=tuple(stride),
-            shortcut_type=shortcut_type or MEDICALNET_SHORTCUT[encoder],
-            bias_downsample=False,
-            feed_forward=False,
-            norm=("instance", {"affine": True}) if encoder_norm == "instance" else encoder_norm,
-        )
-        exp = block.expansion  # type: ignore[attr-defined]
-        # channels of the stem, layer1..layer4 outputs
-        skip_ch = [encoder_channels[0], encoder_channels[0] * exp, encoder_channels[1] * exp, encoder_channels[2] * exp]
-        deep_ch = encoder_channels[3] * exp
+        self.encoder = resnet_encoder(in_channels, encoder, encoder_channels, stride, shortcut_type, encoder_norm)
+        *skip_ch, deep_ch = encoder_feature_channels(encoder, encoder_channels)
         n_branches = len(aspp_dilations) + 1
         self.context = nn.Sequential(
             SimpleASPP(
@@ -195,12 +234,7 @@ class ResUNet3D(nn.Module):
                 f"ResUNet3D input size {tuple(x.shape[2:])} must be divisible by {div} per axis "
                 "(use a patch/roi size that is, or pad)"
             )
-        e = self.encoder
-        stem = e.act(e.bn1(e.conv1(x)))
-        l1 = e.layer1(e.maxpool(stem))
-        l2 = e.layer2(l1)
-        l3 = e.layer3(l2)
-        l4 = e.layer4(l3)
+        stem, l1, l2, l3, l4 = encoder_features(self.encoder, x)
         d = self.context(l4)
         skips = [l3, l2, l1, stem, self.input_skip(x)]
         stages = []
@@ -216,3 +250,13 @@ class ResUNet3D(nn.Module):
             ]
             return [out, *aux]
         return out
+
+
+def pooled_encoder_features(encoder: ResNet, x: torch.Tensor) -> torch.Tensor:
+    """One descriptor per input: the global average of each of the five encoder levels, concatenated.
+
+    ``(B, C, X, Y, Z)`` → ``(B, sum of encoder_feature_channels)``; what the latent-space report
+    (`medseg.report.latent`) embeds. Every level is kept so shallow (texture, intensity) and deep
+    (context) features both count.
+    """
+    return torch.cat([f.mean(dim=(2, 3, 4)) for f in encoder_features(encoder, x)], dim=1)

@@ -216,3 +216,20 @@ def test_patch_noise_from_cached_maps_keeps_the_whole_slice_variance(ct_slice):
     assert np.median(alone) < 0.5 * np.median(full)
     with pytest.raises(ConfigError, match="crop them with the image"):
         t({"image": patch["image"], "maps": d["maps"]})
+
+
+def test_ct_dose_noise_defaults_give_clinical_noise_levels(ct_slice):
+    """Calibration on the real 512² series (0.98 mm, 2 mm slices) at the workflows' default
+    I₀ = 1e7: the added noise in soft tissue at quarter dose is in the range a real quarter-dose
+    abdominal CT adds (~15-35 HU), and the full-dose noise the model implies (the added noise at
+    half dose, (1/a − 1) = 1) is a clinical full-dose level (~8-20 HU)."""
+    from medseg.config.schema import NoiseConfig
+
+    hu, spacing = ct_slice
+    i0 = NoiseConfig().photons_per_ray
+    assert i0 == 1e7
+    soft = (hu > -100) & (hu < 200)
+    quarter = ct_noise_std_hu(hu, spacing[:2], photons_per_ray=i0, dose_fraction=0.25, electronic_sigma=10.0)
+    full = ct_noise_std_hu(hu, spacing[:2], photons_per_ray=i0, dose_fraction=0.5, electronic_sigma=10.0)
+    assert 15 < np.median(quarter[soft]) < 35
+    assert 8 < np.median(full[soft]) < 20

@@ -25,8 +25,10 @@ GAN = {
     "data": {"training": [{"image": "sample:ct", "name": "ct_40-55", "slices": [40, 56]}],
              "validation": [{"image": "sample:ct_small", "name": "ct_sm_0-5", "slices": [0, 6]}]},
     "preprocessing": {"modality": "CT"},
-    # a low dose with few views: strong noise (tens of HU) that the generator can learn to remove quickly
-    "simulation": {"dose_range": [0.05, 0.1], "doses_per_case": 2, "val_doses": [0.07], "views": 90},
+    # a low dose at a fixed, low I0 (the calibrated default gives 3 mm voxels only a few HU):
+    # strong noise (tens of HU) that the generator can learn to remove quickly
+    "simulation": {"dose_range": [0.05, 0.1], "doses_per_case": 2, "val_doses": [0.07], "views": 90,
+                   "photons_per_ray": 1.5e5},
     "model": {"generator": {"name": "rdb_generator", "context_slices": 1,
                             "options": {"channels": 8, "n_blocks": 1, "growth": 4, "layers_per_block": 2}},
               "critic": {"channels": 8, "n_layers": 2}},

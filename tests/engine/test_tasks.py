@@ -95,6 +95,52 @@ def test_denoising_resume_continues_exactly(denoise_run, tmp_path):
     np.testing.assert_allclose(b[-1]["val_psnr_db"], a[-1]["val_psnr_db"], rtol=1e-6)
 
 
+@pytest.mark.slow
+def test_denoising_resumes_exactly_after_a_sigkill(denoise_run, tmp_path):
+    """Kill -9 a real `medseg train` of the denoising workflow once its first epoch is logged
+    (it is then in epoch 2 or saving it); ``--resume`` continues from whatever ``last.pt`` holds
+    and ends with the uninterrupted run's losses, validation PSNR and weights."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    workflow = tmp_path / "denoise.yaml"
+    workflow.write_text(yaml.safe_dump(DENOISE))
+    run = tmp_path / "denoise_test"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medseg", "train", str(workflow), "--device", "cpu", "--set", f"output.dir={tmp_path}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    deadline = time.monotonic() + 300  # a shared 2-core machine: start-up and caching can take a while
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "metrics.csv").is_file() and len((run / "metrics.csv").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    killed_mid_run = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed_mid_run, "the training ended before it could be killed"
+    killed_at = load_checkpoint(run / "checkpoints" / "last.pt").training_state["epoch"] + 1
+    assert 1 <= killed_at < 3
+
+    resumed = train(DENOISE, overrides=_denoise(tmp_path), device="cpu", resume=True)
+    assert resumed == run
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # a cut save's temp file is gone
+    a = read_epoch_log(denoise_run / "metrics.csv")
+    b = read_epoch_log(run / "metrics.csv")
+    assert [int(r["epoch"]) for r in b] == [1, 2, 3]
+    np.testing.assert_allclose([r["train_loss"] for r in b], [r["train_loss"] for r in a], rtol=1e-5)
+    np.testing.assert_allclose(b[-1]["val_psnr_db"], a[-1]["val_psnr_db"], rtol=1e-6)
+    wa = load_checkpoint(denoise_run / "checkpoints" / "last.pt").state_dict
+    wb = load_checkpoint(run / "checkpoints" / "last.pt").state_dict
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
+
+
 def test_non_finite_loss_names_step_epoch_and_case_and_writes_no_checkpoint(tmp_path, monkeypatch, capfd):
     """NaN voxels injected after loading (the readers repair NaN in files): exit 1, a clear
     message, and no best.pt/last.pt at all."""

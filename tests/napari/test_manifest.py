@@ -19,7 +19,7 @@ def test_npe2_validate_accepts_the_manifest_and_its_imports():
     pm.validate_imports()  # every python_name imports and exists
     names = {c.id for c in pm.contributions.commands}
     assert {"medseg.get_reader", "medseg.write_labels_nifti", "medseg.write_labels_dicom_seg",
-            "medseg.segment_widget", "medseg.metrics_widget", "medseg.review_widget"} <= names
+            "medseg.segment_widget", "medseg.enhance_widget", "medseg.metrics_widget", "medseg.review_widget"} <= names
     assert {s.key for s in pm.contributions.sample_data} == {"ct_small", "ct_dicom"}
     out = subprocess.run([sys.executable, "-m", "npe2", "validate", str(MANIFEST)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

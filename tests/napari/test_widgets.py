@@ -21,7 +21,7 @@ def _open_ct(viewer):
     return _add(viewer, image_data), _add(viewer, labels_data)
 
 
-def test_segment_widget_adds_the_models_labels_on_the_image_grid(viewer, qtbot, seg_ckpt, screenshot):
+def test_segment_widget_adds_the_models_labels_and_uncertainty_on_the_image_grid(viewer, qtbot, seg_ckpt, screenshot):
     from medseg.inference import InferenceOptions, load_model, segment_volume
 
     from napari_plugin._widget import SegmentWidget
@@ -32,6 +32,7 @@ def test_segment_widget_adds_the_models_labels_on_the_image_grid(viewer, qtbot, 
     widget.image.value = image
     widget.checkpoint.value = seg_ckpt
     widget.device.value = "cpu"
+    widget.uncertainty.value = True
     seen = []
     widget._relay.progressed.connect(lambda s, d, t: seen.append((s, d, t)))
     worker = widget.start()
@@ -46,9 +47,20 @@ def test_segment_widget_adds_the_models_labels_on_the_image_grid(viewer, qtbot, 
     # the same as medseg's own inference on the file, voxel for voxel, after the way back to the grid
     from medseg.io.viewer import volume_from_layer
 
-    expected = segment_volume(read_volume(sample_data.path("ct_small")), [load_model(seg_ckpt, "cpu")], InferenceOptions(device="cpu"))
+    expected = segment_volume(read_volume(sample_data.path("ct_small")), [load_model(seg_ckpt, "cpu")],
+                              InferenceOptions(device="cpu", uncertainty=True))
     got = volume_from_layer(seg.data, seg.metadata)
     np.testing.assert_array_equal(got.array, expected.array)
+    # the uncertainty map: medseg's normalised entropy, on the image's grid, window [0, 1]
+    unc = viewer.layers["ct_small uncertainty"]
+    np.testing.assert_allclose(unc.scale, image.scale)
+    np.testing.assert_allclose(unc.translate, image.translate)
+    assert tuple(unc.contrast_limits) == (0.0, 1.0)
+    got_unc = volume_from_layer(unc.data, unc.metadata)
+    np.testing.assert_array_equal(got_unc.array, expected.meta["uncertainty"])
+    assert 0.0 <= float(got_unc.array.min()) and float(got_unc.array.max()) <= 1.0
+    assert float(got_unc.array.max()) > 0.5  # a short-trained model is unsure somewhere
+    unc.visible = False
     assert int((got.array == 1).sum()) > 100  # the short-trained model finds some liver
     assert dict(zip(seg.features["index"], seg.features["name"]))[1] == "liver"
     viewer.layers["ct_small labels"].visible = False  # the picture shows the model's labels only
