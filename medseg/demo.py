@@ -229,6 +229,33 @@ def _find_workflow(name: str) -> Path:
     raise FileNotFoundError(f"workflow {name!r} not found (looked in {REPO_WORKFLOWS} and ./workflows)")
 
 
+def train_briefly(
+    workflow: str, overrides: tuple[str, ...] | list[str], runs_dir: Path, device: str
+) -> tuple[Path, Path]:
+    """Train `workflow` (a path or a name in ``workflows/``) with `overrides` into `runs_dir`
+    (its run folder replaced); returns ``(run_dir, checkpoint)``, the best checkpoint when the
+    run validated, else the last."""
+    try:
+        from medseg.engine import train
+    except ImportError as exc:
+        raise RuntimeError(f"the training engine (medseg.engine) is not available: {exc}") from exc
+    wf = _find_workflow(workflow)
+    settings = [*overrides, f"output.dir={runs_dir}", "output.overwrite=true", "output.tensorboard=false"]
+    log.info("training %s (%s) on %s", wf.name, " ".join(overrides), device)
+    run_dir = Path(train(wf, settings, device=device))
+    best = run_dir / "checkpoints" / "best.pt"
+    return run_dir, best if best.is_file() else run_dir / "checkpoints" / "last.pt"
+
+
+def demo_inference_options(checkpoint: Path, device: str) -> Any:
+    """The demo's segmentation settings: largest component of single-structure classes, holes filled."""
+    from medseg.inference import InferenceOptions
+
+    return InferenceOptions(
+        device=device, largest_component=True, largest_component_labels=single_structure_classes(checkpoint), fill_holes=True
+    )
+
+
 def run_demo(
     out_dir: str | os.PathLike[str],
     *,
@@ -260,16 +287,7 @@ def run_demo(
     # 1. train briefly
     t0 = time.perf_counter()
     if checkpoint is None:
-        try:
-            from medseg.engine import train
-        except ImportError as exc:
-            raise RuntimeError(f"the training engine (medseg.engine) is not available: {exc}") from exc
-        wf = _find_workflow(workflow)
-        overrides = [*train_overrides, f"output.dir={out / 'runs'}", "output.overwrite=true", "output.tensorboard=false"]
-        log.info("training %s (%s) on %s", wf.name, " ".join(train_overrides), device)
-        res.run_dir = Path(train(wf, overrides, device=device))
-        best = res.run_dir / "checkpoints" / "best.pt"
-        checkpoint = best if best.is_file() else res.run_dir / "checkpoints" / "last.pt"
+        res.run_dir, checkpoint = train_briefly(workflow, train_overrides, out / "runs", device)
     res.checkpoint = Path(checkpoint)
     res.timings_s["train"] = round(time.perf_counter() - t0, 1)
 
@@ -280,7 +298,7 @@ def run_demo(
     res.timings_s["dicom_tree"] = round(time.perf_counter() - t0, 1)
 
     # 3. batch segmentation
-    from medseg.inference import BatchOptions, InferenceOptions, segment_batch
+    from medseg.inference import BatchOptions, segment_batch
 
     t0 = time.perf_counter()
     res.segment_dir = out / "segmentations"
@@ -294,12 +312,7 @@ def run_demo(
         dicom_seg = False
         res.missing.append("medseg.io.seg (DICOM SEG writer): no seg.dcm written")
     options = BatchOptions(
-        inference=InferenceOptions(
-            device=device,
-            largest_component=True,
-            largest_component_labels=single_structure_classes(res.checkpoint),
-            fill_holes=True,
-        ),
+        inference=demo_inference_options(res.checkpoint, device),
         min_slices=5,
         dicom_seg=dicom_seg,
         progress=progress,

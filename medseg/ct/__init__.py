@@ -7,5 +7,6 @@ noise power spectrum.
 - `medseg.ct.fourier_projector`: `FourierProjector`, the same parallel-beam forward projection
   and FBP by non-uniform FFTs (FINUFFT) on the CPU: the fast path of the simulator.
 - `medseg.ct.low_dose`: `simulate_low_dose` (noise insertion in the line-integral domain).
-- `medseg.ct.nps`: `noise_power_spectrum`, `radial_average`.
+- `medseg.ct.nps`: `noise_power_spectrum`, `radial_average`, ROIs in uniform regions
+  (`uniform_roi_centres`) and NPS comparisons (`nps_relative_error`, `mean_frequency`).
 """
