@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.inference.exported import sidecar_path
+from medseg.inference.exported import quantize_onnx_int8, sidecar_path
 from medseg.inference.loaded_model import LoadedModel
 from medseg.inference.model import load_model
 from medseg.metrics import dice as dice_score
@@ -178,13 +178,7 @@ def _export_onnx(net: Any, example: Any, out_path: Path, quantize: str | None, o
         except Exception as exc:
             raise InputError(f"{ckpt}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
     if quantize:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        try:
-            with atomic_path(out_path, suffix=".onnx") as qtmp:
-                quantize_dynamic(str(float_path), str(qtmp), weight_type=QuantType.QInt8)
-        finally:
-            float_path.unlink(missing_ok=True)
+        quantize_onnx_int8(float_path, out_path)
 
 
 def compare_with_float(

@@ -76,13 +76,9 @@ def export_image_network(model: LoadedModel, out_path: Path, fmt: str, quantize:
             except Exception as exc:
                 raise InputError(f"{ckpt}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
             if quantize:
-                from onnxruntime.quantization import QuantType, quantize_dynamic
+                from medseg.inference.exported import quantize_onnx_int8
 
-                try:
-                    with atomic_path(out_path, suffix=".onnx") as qtmp:
-                        quantize_dynamic(str(float_path), str(qtmp), weight_type=QuantType.QInt8)
-                finally:
-                    float_path.unlink(missing_ok=True)
+                quantize_onnx_int8(float_path, out_path)
     return {"inference": {**inf, "roi_size": None}, "input_shape": ["batch", 2 * k + 1, "height", "width"]}
 
 

@@ -72,6 +72,20 @@ class OnnxNetwork(FixedBatchNetwork):
 
 
 
+def quantize_onnx_int8(float_path: Path, out_path: Path) -> None:
+    """ONNX Runtime dynamic int8 quantisation of `float_path` into `out_path` (atomically); the
+    float file is removed afterwards, whether it worked or not (it was only an intermediate)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from medseg.io.atomic import atomic_path
+
+    try:
+        with atomic_path(out_path, suffix=".onnx") as qtmp:
+            quantize_dynamic(str(float_path), str(qtmp), weight_type=QuantType.QInt8)
+    finally:
+        float_path.unlink(missing_ok=True)
+
+
 def load_exported(path: str | os.PathLike[str], device: Any = "cpu") -> LoadedModel:
     """Load an exported ``.onnx`` / ``.ts`` file with its sidecar JSON as a `LoadedModel`.
 
