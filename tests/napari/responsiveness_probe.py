@@ -121,7 +121,7 @@ def main(which: str, ckpt: str, shape: tuple[int, int, int]) -> dict:
     out = {
         "status": str(widget.status.value), "result_shape": list(viewer.layers[result].data.shape) if result in viewer.layers else None,
         "image_shape": list(image.data.shape), "seconds": seconds, "ticks": len(probe.ticks),
-        "running_max_ms": float(gaps[ends < shown].max()), "running_p99_ms": float(np.percentile(gaps[ends < shown], 99)),
+        "running_ticks": int(np.sum(ends < shown)), "running_max_ms": float(gaps[ends < shown].max()), "running_p99_ms": float(np.percentile(gaps[ends < shown], 99)),
         "showing_max_ms": float(gaps[ends >= shown].max()) if np.any(ends >= shown) else None, "reference_ms": reference,
     }
     viewer.close()
