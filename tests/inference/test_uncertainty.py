@@ -131,3 +131,31 @@ def test_label_scores_boundary_shell_and_disagreement():
     assert series_score(scores) > series_score(agreed) > series_score(confident) == 0.0
     with pytest.raises(ValueError, match="channel values"):
         label_scores(probs, [0, 5])
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_boundary_shell_equals_the_cube_dilation_minus_erosion(r):
+    """`_shell` (SciPy's separable min/max filters) against the definition written with a full
+    cubic `max_pool3d`, on random blobs that touch the volume's edges (no boundary there)."""
+    import torch.nn.functional as F
+
+    from medseg.inference.uncertainty import _shell
+
+    g = torch.Generator().manual_seed(r)
+    mask = F.avg_pool3d(torch.rand(1, 1, 23, 17, 12, generator=g), 5, stride=1, padding=2)[0, 0] > 0.5
+    mask[:, :, 0] = True  # a face on the volume's edge
+    assert 0 < int(mask.sum()) < mask.numel()
+    m, k = mask[None, None].float(), 2 * r + 1
+    dilated = F.max_pool3d(m, k, stride=1, padding=r) > 0
+    eroded = -F.max_pool3d(-m, k, stride=1, padding=r) > 0  # padded with -inf: the edge is no boundary
+    expected = (dilated & ~eroded)[0, 0]
+    got = _shell(mask, r)
+    assert got.dtype == torch.bool and torch.equal(got, expected)
+
+
+def test_label_scores_argmax_is_the_first_maximum():
+    """Ties go to the lower channel, as `argmax` (and the label map) does."""
+    probs = torch.tensor([0.4, 0.4, 0.2])[:, None, None, None].expand(3, 4, 4, 4).clone()
+    probs[:, 0, 0, 0] = torch.tensor([0.2, 0.4, 0.4])
+    scores = label_scores(probs, [0, 1, 2])
+    assert set(scores) == {1} and scores[1].voxels == 1
