@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 #: The enhancer the demo trains, and its short schedule (a few minutes on 2 CPU cores).
 ENHANCE_WORKFLOW = "ldct_redcnn.yaml"
-ENHANCE_OVERRIDES = ("training.epochs=8", "training.val_every=4")
+ENHANCE_OVERRIDES = ("training.epochs=6", "training.val_every=3")
 #: The simulated dose (fraction of the series' own dose).
 DEMO_DOSE = 0.1
 #: The HU window of the panel and of the PSNR/SSIM lines (soft tissue).
