@@ -67,6 +67,13 @@ def test_segment_widget_adds_the_models_labels_and_uncertainty_on_the_image_grid
     viewer.layers.selection.active = seg
     viewer.dims.set_point(0, float(image.translate[0] + image.scale[0] * 15))
     screenshot(viewer, "segment")
+    # the same slice with the uncertainty map under the labels' outlines: where the model is unsure
+    unc.visible = True
+    unc.colormap = "inferno"
+    image.visible = False  # the map is drawn additively over the CT: alone it reads as it is
+    seg.contour = 1
+    viewer.layers.selection.active = unc
+    screenshot(viewer, "segment_uncertainty")
 
 
 def test_segment_widget_cancel_stops_without_a_layer(viewer, qtbot, seg_ckpt):
