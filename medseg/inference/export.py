@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.inference.exported import quantize_onnx_int8, sidecar_path
+from medseg.inference.exported import quantize_onnx_int8, save_torchscript, sidecar_path
 from medseg.inference.loaded_model import LoadedModel
 from medseg.inference.model import load_model
 from medseg.metrics import dice as dice_score
@@ -100,16 +100,7 @@ def export_model(
 
     with torch.no_grad():
         if fmt == "torchscript":
-            # torch ≥ 2.9 marks TorchScript deprecated; it still is what C++/Triton/DJL deployments load
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                try:
-                    traced = torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
-                except Exception as exc:
-                    raise InputError(f"{ckpt}: TorchScript tracing failed ({type(exc).__name__}: {exc})") from exc
-                with atomic_path(out_path, suffix=".ts") as tmp:
-                    torch.jit.save(traced, str(tmp))
+            save_torchscript(net, example, out_path, ckpt)
         else:
             _export_onnx(net, example, out_path, quantize, opset, ckpt)
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.inference.exported import quantize_onnx_int8, save_torchscript
 from medseg.inference.loaded_model import LoadedModel
 
 __all__ = ["compare_image_export", "export_image_network"]
@@ -60,12 +61,7 @@ def export_image_network(model: LoadedModel, out_path: Path, fmt: str, quantize:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         if fmt == "torchscript":
-            try:
-                traced = torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
-            except Exception as exc:
-                raise InputError(f"{ckpt}: TorchScript tracing failed ({type(exc).__name__}: {exc})") from exc
-            with atomic_path(out_path, suffix=".ts") as tmp:
-                torch.jit.save(traced, str(tmp))
+            save_torchscript(net, example, out_path, ckpt)
         else:
             float_path = out_path.with_name(out_path.name + ".float.onnx") if quantize else out_path
             axes = {0: "batch", 2: "height", 3: "width"}
@@ -76,8 +72,6 @@ def export_image_network(model: LoadedModel, out_path: Path, fmt: str, quantize:
             except Exception as exc:
                 raise InputError(f"{ckpt}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
             if quantize:
-                from medseg.inference.exported import quantize_onnx_int8
-
                 quantize_onnx_int8(float_path, out_path)
     return {"inference": {**inf, "roi_size": None}, "input_shape": ["batch", 2 * k + 1, "height", "width"]}
 

@@ -72,6 +72,30 @@ class OnnxNetwork(FixedBatchNetwork):
 
 
 
+def save_torchscript(net: Any, example: Any, out_path: Path, ckpt: Path) -> None:
+    """Trace `net` on `example`, freeze it and save it to `out_path` (atomically): the
+    TorchScript step of both exporters (segmentation and image-to-image).
+
+    Raises:
+        InputError: tracing failed (named with `ckpt`).
+    """
+    import torch
+
+    from medseg.errors import InputError
+    from medseg.io.atomic import atomic_path
+
+    # torch ≥ 2.9 marks TorchScript deprecated; it still is what C++/Triton/DJL deployments load
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        try:
+            traced = torch.jit.freeze(torch.jit.trace(net, example, check_trace=False))
+        except Exception as exc:
+            raise InputError(f"{ckpt}: TorchScript tracing failed ({type(exc).__name__}: {exc})") from exc
+        with atomic_path(out_path, suffix=".ts") as tmp:
+            torch.jit.save(traced, str(tmp))
+
+
 def quantize_onnx_int8(float_path: Path, out_path: Path) -> None:
     """ONNX Runtime dynamic int8 quantisation of `float_path` into `out_path` (atomically); the
     float file is removed afterwards, whether it worked or not (it was only an intermediate)."""
