@@ -153,16 +153,58 @@ WRITERS: dict[str, list[tuple[str, Writer]]] = {
     "gan": IMAGE_WRITERS,
 }
 
+#: writers that are pure Python (highdicom/pydicom building and encoding datasets) and so hold
+#: the GIL nearly all the time; the others spend most of theirs in zlib, NumPy or Pillow, which
+#: release it. `write_outputs` runs the two groups side by side.
+PYTHON_BOUND = frozenset({"dicom_seg", "rtstruct", "dicom_series"})
 
-def write_outputs(ctx: OutputContext, task: str) -> dict[str, str]:
-    """Run the writers of `task` on one series, one after the other (each writes atomically).
+
+def _run_writers(ctx: OutputContext, writers: list[tuple[str, Writer]]) -> dict[str, BaseException | str | None]:
+    done: dict[str, BaseException | str | None] = {}
+    for kind, writer in writers:
+        try:
+            done[kind] = writer(ctx)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by write_outputs, in writing order
+            done[kind] = exc
+            break
+    return done
+
+
+def write_outputs(ctx: OutputContext, task: str, *, concurrent: bool = True) -> dict[str, str]:
+    """Run the writers of `task` on one series (each writes its own file, atomically).
+
+    With `concurrent`, the Python-bound writers (`PYTHON_BOUND`: the DICOM SEG, RTSTRUCT and
+    derived series) run in one thread beside the others in this thread: after the network
+    there is a core free, and the NIfTI/CSV/PNG writers mostly run outside the GIL, so they
+    finish under the SEG's time instead of after it. The files do not depend on it (each
+    writer reads the same inputs and writes its own file; tests compare both ways).
 
     Returns:
-        output kind → file (or folder) name inside the series folder, in writing order.
+        output kind → file (or folder) name inside the series folder, in `WRITERS` order.
+
+    Raises:
+        The first writer's error in `WRITERS` order, after every writer of the other group has
+        finished (nothing is left half-running).
     """
+    writers = WRITERS[task]
+    side = [w for w in writers if w[0] in PYTHON_BOUND]
+    here = [w for w in writers if w[0] not in PYTHON_BOUND]
+    if concurrent and side and here:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-writer") as pool:
+            future = pool.submit(_run_writers, ctx, side)
+            done = _run_writers(ctx, here)
+            done |= future.result()
+    else:
+        done = _run_writers(ctx, writers)
     outputs: dict[str, str] = {}
-    for kind, writer in WRITERS[task]:
-        name = writer(ctx)
-        if name is not None:
-            outputs[kind] = name
+    for kind, _ in writers:
+        if kind not in done:
+            continue
+        value = done[kind]
+        if isinstance(value, BaseException):
+            raise value
+        if value is not None:
+            outputs[kind] = value
     return outputs

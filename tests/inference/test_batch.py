@@ -156,6 +156,24 @@ def test_outputs_do_not_depend_on_the_process_settings(batch, dicom_tree, traine
         assert (res.out_dir / "segment.shard-1-of-2.json").is_file()
 
 
+def test_writers_side_by_side_write_what_they_write_one_after_the_other(batch, dicom_tree, trained_ckpt, tmp_path, monkeypatch):
+    """The SEG writer's thread beside the others (`write_outputs(concurrent=True)`, the default)
+    changes no file: label maps, SEG pixel data, volume tables and QA pictures are the bytes of
+    writers run one after the other."""
+    import functools
+
+    from medseg.inference import stages, writers
+
+    monkeypatch.setattr(stages, "write_outputs", functools.partial(writers.write_outputs, concurrent=False))
+    res = segment_batch(dicom_tree, tmp_path / "sequential", [trained_ckpt], FAST)
+    assert _label_and_seg_bytes(res) == _label_and_seg_bytes(batch)
+    for rec in (r for r in res.records if r.status == "done"):
+        ref = batch.out_dir / _by_source(batch, rec.source).stem
+        assert rec.outputs == _by_source(batch, rec.source).outputs
+        for name in ("volumes.csv", "qa.png"):
+            assert (res.out_dir / rec.stem / name).read_bytes() == (ref / name).read_bytes(), name
+
+
 def test_thread_count_is_recorded_and_a_resume_with_another_keeps_the_series(batch, dicom_tree, trained_ckpt, tmp_path, caplog):
     """On CPU the network's thread count is part of its arithmetic: the manifest and every done
     marker record it; a re-run with another count keeps the finished series and says so."""
@@ -267,7 +285,8 @@ def test_a_failing_writer_fails_its_series_only(tmp_path, sample, trained_ckpt, 
     (rec,) = failed.records
     assert rec.status == "failed" and "disk full (test)" in rec.reason and not failed.ok
     d = failed.out_dir / rec.stem
-    assert sorted(p.name for p in d.iterdir()) == ["labels.nii.gz"]  # the writers run in order; the SEG is 2nd
+    # the SEG runs beside the other writers (medseg.inference.writers): theirs are complete files
+    assert sorted(p.name for p in d.iterdir()) == ["labels.nii.gz", "qa.png", "volumes.csv"]
     read_nifti(d / "labels.nii.gz")
     monkeypatch.undo()
     again = segment_batch(tree, tmp_path / "out", [trained_ckpt], FAST)
