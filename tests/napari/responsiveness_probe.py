@@ -96,9 +96,9 @@ def main(which: str, ckpt: str, shape: tuple[int, int, int]) -> dict:
                 else Image(np.zeros((3, 4, 5), np.float32), contrast_limits=(0, 1)))
 
     # napari's first layer of a kind in a process compiles that kind's shaders and builds its
-    # controls once (the segment probe's first Labels layer showed in 419 ms, 192 ms with this); one
-    # tiny layer of the result's kind added and removed first makes the result's insertion and
-    # the reference below alike, so the comparison is of medseg's work on the GUI thread only
+    # controls once: one tiny layer of the result's kind added and removed first makes the
+    # result's insertion and the reference below alike, so the comparison is of medseg's work on
+    # the GUI thread only
     viewer.layers.remove(viewer.add_layer(tiny_layer()))
     wait(500)
 
