@@ -481,15 +481,29 @@ class NoiseConfig(_Strict):
         "medseg.data.noise's calibration: ~15 HU of full-dose noise in soft tissue at 0.98 mm pixels).",
     )
     electronic_sigma: float = Field(10.0, ge=0, description="ct_dose: electronic noise per reading, in counts.")
+    mix_with: list[Literal["gaussian", "rician", "ct_dose"]] = Field(
+        default_factory=list,
+        description="Further noise models for training, each with its own range above: every patch draws one of "
+        "[model, *mix_with] with equal probability (blind over noise kinds too: a user's scan may carry either). "
+        "Validation uses `model` only.",
+    )
     val_levels: list[float] | None = Field(
         None,
         description="Levels of validation, in the model's level units (sigma / fraction / dose fraction); each validation "
         "case at each; null = the ends and middle of the training range.",
     )
 
-    def level_range(self) -> tuple[float, float]:
-        """The training level range of the chosen model, in its units."""
-        return {"gaussian": self.sigma_range, "rician": self.fraction_range, "ct_dose": self.dose_range}[self.model]
+    @model_validator(mode="after")
+    def _distinct_models(self) -> NoiseConfig:
+        models = [self.model, *self.mix_with]
+        if len(set(models)) != len(models):
+            raise ValueError(f"noise.mix_with must name other models than noise.model, each once; got {models}")
+        return self
+
+    def level_range(self, model: str | None = None) -> tuple[float, float]:
+        """The training level range of ``model`` (default: the chosen model), in its units."""
+        ranges = {"gaussian": self.sigma_range, "rician": self.fraction_range, "ct_dose": self.dose_range}
+        return ranges[model or self.model]
 
     def validation_levels(self) -> list[float]:
         """The noise levels validation uses (the model's units)."""
@@ -539,6 +553,11 @@ class DenoisingLossConfig(_Strict):
         default_factory=lambda: {"mse": 1.0}, description="{term: weight} of mse, l1, ssim (1 − SSIM), e.g. {mse: 1.0, ssim: 0.1}."
     )
     kl_weight: float = Field(1e-3, ge=0, description="vae_denoiser only: weight of the KL term.")
+    normalise: Literal["none", "noise"] = Field(
+        "none",
+        description="noise: weigh each patch's MSE/L1 by 1 / its added noise power (normalised over the batch), so every "
+        "noise level counts the same instead of the noisiest patches making the loss; none: plain means.",
+    )
 
 
 class DenoisingTrainingConfig(TrainingConfig):
@@ -548,12 +567,25 @@ class DenoisingTrainingConfig(TrainingConfig):
         default_factory=lambda: [64, 64], description="Training patch in voxels: [x, y] for 2-D models, [x, y, z] for 3-D models."
     )
     patches_per_case: int = Field(8, ge=1, description="Patches sampled from a case each time it is drawn.")
+    zoom_range: tuple[float, float] = Field(
+        (1.0, 1.0),
+        description="In-plane up-sampling of each training slab by a random factor in this range (≥ 1) before the noise: "
+        "the network then sees anatomy at finer pixels than the training scans have, e.g. 3 mm scans at 1-3 mm for a "
+        "denoiser that will meet 0.7-1 mm scans. (1, 1) = off.",
+    )
     val_roi_size: list[int] | None = Field(
         None, description="3-D models: sliding-window ROI at validation and inference (null = patch_size); 2-D: whole slices."
     )
     val_max_slices: int | None = Field(
         None, ge=1, description="2-D models: validate on at most this many evenly spaced slices per case (null = all)."
     )
+
+    @field_validator("zoom_range")
+    @classmethod
+    def _zoom(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 1.0 <= v[0] <= v[1]:
+            raise ValueError(f"zoom_range must be (low, high) with 1 <= low <= high, got {list(v)}")
+        return v
 
     @field_validator("patch_size")
     @classmethod
@@ -613,8 +645,8 @@ class DenoisingWorkflow(_WorkflowBase):
 
     @model_validator(mode="after")
     def _patch_dims(self) -> DenoisingWorkflow:
-        if self.noise.model == "ct_dose" and self.preprocessing.modality != "CT":
-            raise ValueError("noise.model ct_dose simulates CT dose: it needs preprocessing.modality CT")
+        if "ct_dose" in (self.noise.model, *self.noise.mix_with) and self.preprocessing.modality != "CT":
+            raise ValueError("noise model ct_dose simulates CT dose: it needs preprocessing.modality CT")
         if len(self.training.patch_size) != self.model.spatial_dims:
             raise ValueError(
                 f"training.patch_size {self.training.patch_size} has {len(self.training.patch_size)} sizes but "

@@ -41,10 +41,12 @@ from monai.transforms import (
     RandRotated,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandomizableTransform,
     RandZoomd,
     ScaleIntensityRanged,
     Spacingd,
     SpatialPadd,
+    Zoom,
 )
 
 from medseg.io import Volume
@@ -52,6 +54,7 @@ from medseg.io import Volume
 __all__ = [
     "LoadCased",
     "PercentileZScored",
+    "RandInPlaneZoomd",
     "augmentation_transforms",
     "intensity_transform",
     "preprocessing_transforms",
@@ -115,6 +118,47 @@ class PercentileZScored(MapTransform):
             mean, std = sel.mean(), sel.std(unbiased=False)
             out = torch.where(nonzero, (clipped - mean) / std if float(std) > 0 else clipped * 0, clipped * 0)
             d[key] = out.to(torch.float32)
+        return d
+
+
+class RandInPlaneZoomd(RandomizableTransform, MapTransform):
+    """Up-sample each item in plane (x, y) by one random factor in ``[low, high]``; z untouched.
+
+    Built on MONAI's `Zoom` (bilinear, the output grows), which scales a MetaTensor's affine, so
+    the pixel spacing that follows (e.g. CT dose noise, whose HU grow as pixels shrink) is the
+    zoomed one. One factor for both in-plane axes: pixels stay square. MONAI's ``RandZoomd``
+    draws each axis' factor on its own, which would make them rectangular.
+
+    Args:
+        keys: image keys (all zoomed by the same factor).
+        zoom_range: ``(low, high)``, ≥ 1 (finer pixels than the scan's); ``(1, 1)`` = identity.
+        prob: probability of zooming an item.
+        per_pixel_size: keys among `keys` whose values scale as 1 / pixel size (CT noise maps,
+            `medseg.data.noise.CTNoiseMapsd`: noise std grows as pixels shrink); they are
+            multiplied by the factor after zooming.
+    """
+
+    def __init__(self, keys: Any, zoom_range: tuple[float, float], prob: float = 1.0, per_pixel_size: Any = ()) -> None:
+        RandomizableTransform.__init__(self, prob)
+        MapTransform.__init__(self, keys)
+        self.low, self.high = float(zoom_range[0]), float(zoom_range[1])
+        self.per_pixel_size = set(per_pixel_size)
+        self.factor = 1.0
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self.factor = float(self.R.uniform(self.low, self.high))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform or self.factor == 1.0:
+            return d
+        zoom = Zoom(zoom=(self.factor, self.factor, 1.0), mode="bilinear", keep_size=False)
+        for key in self.key_iterator(d):
+            d[key] = zoom(d[key])
+            if key in self.per_pixel_size:
+                d[key] = d[key] * self.factor
         return d
 
 

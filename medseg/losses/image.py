@@ -9,7 +9,8 @@ A loss is described by a plain dict of weights, ``{"mse": 1.0, "ssim": 0.1}``:
   K₂ = 0.03), computed with ``data_range`` in network units (1.0 for the ``hu_linear`` and
   ``percentile_scale`` plans' nominal span). Inputs need every spatial size ≥ 11.
 
-`ImageLoss.terms` returns each weighted term too, for logging.
+`ImageLoss.terms` returns each weighted term too, for logging, and takes optional per-sample
+weights for the MSE and L1 terms (`noise_weights`: every noise level weighs the same).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from medseg.errors import ConfigError
 
-__all__ = ["IMAGE_LOSS_NAMES", "ImageLoss", "build_image_loss"]
+__all__ = ["IMAGE_LOSS_NAMES", "ImageLoss", "build_image_loss", "noise_weights"]
 
 #: Loss names a weight dict may use.
 IMAGE_LOSS_NAMES = ("mse", "l1", "ssim")
@@ -55,14 +56,24 @@ class ImageLoss(nn.Module):
             raise ConfigError(f"loss: spatial_dims must be 2 or 3, got {spatial_dims}")
         self.ssim = SSIMLoss(spatial_dims=spatial_dims, data_range=data_range) if "ssim" in self.weights else None
 
-    def terms(self, prediction: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each weighted term ``wᵢ · lossᵢ`` by name (their sum is `forward`)."""
+    def terms(
+        self, prediction: torch.Tensor, target: torch.Tensor, sample_weights: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Each weighted term ``wᵢ · lossᵢ`` by name (their sum is `forward`).
+
+        Args:
+            sample_weights: optional ``(N,)`` weights of the batch's samples for the MSE and L1
+                terms (their per-sample means are averaged with these weights); SSIM is not
+                weighted.
+        """
         out: dict[str, torch.Tensor] = {}
         for name, w in self.weights.items():
-            if name == "mse":
-                value = torch.mean((prediction - target) ** 2)
-            elif name == "l1":
-                value = torch.mean(torch.abs(prediction - target))
+            if name in ("mse", "l1"):
+                err = (prediction - target) ** 2 if name == "mse" else torch.abs(prediction - target)
+                if sample_weights is None:
+                    value = torch.mean(err)
+                else:
+                    value = torch.mean(err.flatten(1).mean(1) * sample_weights)
             else:
                 assert self.ssim is not None
                 value = self.ssim(prediction, target)
@@ -76,3 +87,23 @@ class ImageLoss(nn.Module):
 def build_image_loss(weights: Mapping[str, float] | None = None, *, spatial_dims: int = 2, data_range: float = 1.0) -> ImageLoss:
     """`ImageLoss` from a weight dict (default ``{"mse": 1.0}``); see the module docstring."""
     return ImageLoss(weights or {"mse": 1.0}, spatial_dims=spatial_dims, data_range=data_range)
+
+
+def noise_weights(noisy: torch.Tensor, clean: torch.Tensor, channel: int = 0) -> torch.Tensor:
+    """Per-sample weights ∝ 1 / (mean squared noise of the sample), normalised to mean 1.
+
+    With a plain MSE over patches drawn at noise levels a decade apart, the noisiest patches
+    make nearly all of the loss (the error left scales with σ²), so a blind denoiser is tuned
+    for the top of its range and over-smooths low-noise scans. Dividing each patch's error by
+    its own noise power makes the loss a mean of *relative* errors, the quantity PSNR gains are
+    made of, whatever the noise model. Normalised within the batch, so the loss keeps the
+    plain MSE's scale (learning rate and gradient clipping unchanged).
+
+    Args:
+        noisy: ``(N, C, ...)`` network input; ``channel`` is the slice the target belongs to
+            (the centre slice of a 2.5-D stack).
+        clean: ``(N, 1, ...)`` target.
+    """
+    power = ((noisy[:, channel : channel + 1].float() - clean.float()) ** 2).flatten(1).mean(1)
+    inv = 1.0 / power.clamp_min(1e-12)
+    return (inv / inv.mean()).detach()

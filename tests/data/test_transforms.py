@@ -206,3 +206,43 @@ def test_intensity_only_augmentations_leave_the_label_alone(which):
     if which == "contrast":  # a gamma curve keeps the darkest and brightest values
         img = np.asarray(out["image"])
         assert np.isclose(img.min(), case["image"].numpy().min()) and np.isclose(img.max(), case["image"].numpy().max())
+
+
+def test_in_plane_zoom_keeps_pixels_square_and_scales_the_spacing_the_noise_reads():
+    """`RandInPlaneZoomd` on the real 3 mm CT: one factor for x and y, z untouched, the affine's
+    pixel spacing divided by it, and CT dose noise added afterwards grows as the pixels shrink
+    (σ ∝ 1/d: ~3× for a 3× zoom)."""
+    from medseg.data.noise import RandCTDoseNoised
+    from medseg.data.transforms import RandInPlaneZoomd
+
+    from medseg.io import load_volume
+    from medseg.sample_data import path as sample_path
+
+    vol = load_volume(sample_path("ct_small"))
+    img = volume_to_metatensor(vol)[:, :, :, 10:13]
+    zoom = RandInPlaneZoomd("image", (1.5, 3.0))
+    zoom.set_random_state(0)
+    out = zoom({"image": img})["image"]
+    f = zoom.factor
+    assert 1.5 <= f <= 3.0
+    assert abs(out.shape[1] - img.shape[1] * f) <= 1 and abs(out.shape[2] - img.shape[2] * f) <= 1 and out.shape[3] == 3
+    sp_in = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+    sp_out = np.linalg.norm(np.asarray(out.affine)[:3, :3], axis=0)
+    np.testing.assert_allclose(sp_out[:2], sp_in[:2] / np.array(out.shape[1:3]) * np.array(img.shape[1:3]), rtol=1e-6)
+    assert sp_out[2] == pytest.approx(sp_in[2])
+    # the physical extent is kept and the same HU range comes out (bilinear)
+    assert float(out.min()) >= float(img.min()) - 1e-3 and float(out.max()) <= float(img.max()) + 1e-3
+
+    def added_std(x):
+        noise = RandCTDoseNoised("image", dose_range=(0.25, 0.25), output_keys="noisy")
+        noise.set_random_state(1)
+        d = noise({"image": x})
+        body = np.asarray(x) > -500
+        return float((np.asarray(d["noisy"]) - np.asarray(x))[body].std())
+
+    three = RandInPlaneZoomd("image", (3.0, 3.0))({"image": img})["image"]
+    ratio = added_std(three) / added_std(img)
+    assert 2.5 < ratio < 3.5, ratio
+    # off: the same object back
+    same = {"image": img}
+    assert RandInPlaneZoomd("image", (1.0, 1.0))(same)["image"] is img

@@ -198,3 +198,42 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
     with pytest.raises(TrainingError, match=r"parameter model.bias is not finite .* best.pt was not written"):
         _save(Checkpoint(task="denoising", model={}, state_dict=net.state_dict()), path, {"model": net}, epoch=0)
     assert not path.exists()
+
+
+def test_noise_mix_gives_each_patch_one_of_the_models(tmp_path):
+    """`noise.mix_with`: every training patch carries exactly one of the models, both occur, and
+    each keeps its own level range (here far apart: ~300 HU white noise vs the few HU that half
+    dose adds to the 3 mm scan)."""
+    from medseg.config import load_workflow
+    from medseg.engine.distributed import DistContext
+    from medseg.engine.tasks.denoising import DenoisingTask
+
+    raw = {**DENOISE, "noise": {"model": "ct_dose", "dose_range": [0.5, 0.5], "mix_with": ["gaussian"],
+                                "sigma_range": [300, 300], "val_levels": [0.5]},
+           "data": {"training": [{"image": "sample:ct_small", "name": "example_ct_sm"}], "validation": []}}
+    cfg = load_workflow(raw, [f"output.dir={tmp_path}"])
+    task = DenoisingTask(cfg, DistContext(0, 1, 0, torch.device("cpu")))
+    from monai.data.utils import set_rnd
+
+    set_rnd(task.train_dataset, 0)
+    stds = []
+    for _ in range(4):
+        for patch in task.train_dataset[0]:
+            residual = (patch["image"][1] - patch["target"][0]).numpy()  # the centre slice of the 3-slice stack
+            stds.append(float(residual.std()) * 4095.0)  # network units → HU
+    white = [s for s in stds if 250 < s < 350]
+    dose = [s for s in stds if s < 30]
+    assert len(white) + len(dose) == len(stds), stds
+    assert white and dose, stds
+    assert abs(np.mean(white) - 300.0) < 15.0
+
+
+def test_noise_mix_config_errors_name_the_problem():
+    from medseg.config import load_workflow
+    from medseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mix_with"):
+        load_workflow({**DENOISE, "noise": {"model": "gaussian", "mix_with": ["gaussian"]}})
+    mr = {**DENOISE, "preprocessing": {"modality": "MR"}, "noise": {"model": "rician", "mix_with": ["ct_dose"]}}
+    with pytest.raises(ConfigError, match="ct_dose"):
+        load_workflow(mr)

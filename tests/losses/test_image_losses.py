@@ -53,3 +53,26 @@ def test_bad_weights_are_explained():
         build_image_loss({"mse": -1.0})
     with pytest.raises(ConfigError, match="at least one weight"):
         build_image_loss({"mse": 0.0})
+
+
+def test_noise_weights_make_each_level_count_the_same(pair):
+    """Two patches of the real MR at σ and 10σ: plain MSE is ~100× more the noisy one's; with
+    `noise_weights` the identity (output = input) costs the same for both, and weights average 1."""
+    from medseg.losses.image import noise_weights
+
+    _, clean = pair
+    rng = np.random.default_rng(1)
+    noisy = torch.cat([clean + torch.as_tensor(rng.normal(0, s, clean.shape), dtype=torch.float32) for s in (0.01, 0.1)])
+    clean2 = torch.cat([clean, clean])
+    w = noise_weights(noisy, clean2)
+    assert float(w.mean()) == pytest.approx(1.0, rel=1e-6)
+    assert float(w[0] / w[1]) == pytest.approx(100.0, rel=0.05)
+    loss = build_image_loss({"mse": 1.0})
+    per_sample = ((noisy - clean2) ** 2).flatten(1).mean(1)
+    assert float(per_sample[1] / per_sample[0]) == pytest.approx(100.0, rel=0.05)
+    weighted = w * per_sample
+    assert float(weighted[0]) == pytest.approx(float(weighted[1]), rel=1e-5)
+    assert float(loss.terms(noisy, clean2, w)["mse"]) == pytest.approx(float(weighted.mean()), rel=1e-5)
+    # the centre slice of a 2.5-D stack is the one compared with the target
+    stack = torch.cat([noisy + 1.0, noisy, noisy - 1.0], dim=1)
+    assert torch.allclose(noise_weights(stack, clean2, channel=1), w)

@@ -5,8 +5,11 @@ invertible intensity plan of `medseg.data.intensity`: CT ``hu_linear``, MR
 ``percentile_scale``) → random patches (2-D: ``2k+1`` neighbouring axial slices as channels,
 the centre slice as target; 3-D: sub-volumes) → the noise model at a random level per patch
 (blind training: a user's scans have unknown noise), from `medseg.data.noise` (Gaussian,
-Rician, Poisson-Gaussian CT dose noise; 2-D: applied to whole slices before the patch is cut,
-since CT dose noise depends on the path lengths through the whole body). Network: the
+Rician, Poisson-Gaussian CT dose noise, or one of several per patch with ``noise.mix_with``;
+CT dose noise depends on the path lengths through the whole body, so its per-pixel maps are
+computed once per scan on whole slices and cropped with the patch), optionally after an
+in-plane zoom (``training.zoom_range``: finer pixels than the training scans'). Loss per patch
+optionally relative to its noise power (``loss.normalise: noise``). Network: the
 denoisers of `medseg.models.denoise` (residual U-Net, RED-CNN, VAE) via `build_model`; loss:
 `medseg.losses.image` weighted MSE/L1/SSIM (+ β·KL for the VAE).
 
@@ -28,23 +31,26 @@ import numpy as np
 import torch
 from monai.data import CacheDataset
 from monai.inferers import sliding_window_inference
-from monai.transforms import Compose, EnsureTyped, MapTransform, Orientationd, RandSpatialCropd, RandSpatialCropSamplesd, Spacingd, SpatialPadd
+from monai.transforms import Compose, DeleteItemsd, EnsureTyped, MapTransform, OneOf, Orientationd, RandSpatialCropd, RandSpatialCropSamplesd, Spacingd, SpatialPadd
 from torch import nn
 
 from medseg.checkpoint import Checkpoint, current_versions
 from medseg.config import DenoisingWorkflow
 from medseg.data.datasets import resolve_cases
 from medseg.data.intensity import intensity_params, to_network_units
-from medseg.data.noise import build_noise_transform
-from medseg.data.transforms import LoadCased
+from medseg.data.noise import CTNoiseMapsd, build_noise_transform
+from medseg.data.transforms import LoadCased, RandInPlaneZoomd
 from medseg.engine.distributed import DistContext
 from medseg.engine.optimization import Precision, backward_step, warmup_cosine
 from medseg.engine.tasks.segmentation import RandomStage
-from medseg.losses.image import build_image_loss
+from medseg.losses.image import build_image_loss, noise_weights
 from medseg.metrics.image import psnr, ssim
 from medseg.models import build_model
 
-__all__ = ["DenoisingTask", "SliceStackd", "ToNetworkUnitsd", "noise_transform"]
+#: where the training items keep the CT noise maps of their slices
+MAPS_KEY = "ct_noise_maps"
+
+__all__ = ["DenoisingTask", "SliceStackd", "ToNetworkUnitsd", "noise_transform", "training_noise"]
 
 log = logging.getLogger("medseg.engine")
 
@@ -98,26 +104,51 @@ class _DropParamsd(MapTransform):
         return d
 
 
-def noise_transform(cfg: DenoisingWorkflow, levels: tuple[float, float], plan: dict[str, Any]) -> Any:
-    """The workflow's noise model (`medseg.data.noise`) from ``"target"`` (clean, network units) to ``"image"``.
+def noise_transform(
+    cfg: DenoisingWorkflow,
+    levels: tuple[float, float] | None,
+    plan: dict[str, Any],
+    *,
+    model: str | None = None,
+    maps_key: str | None = None,
+) -> Any:
+    """A noise model (`medseg.data.noise`) from ``"target"`` (clean, network units) to ``"image"``.
 
     Args:
         levels: ``(low, high)`` of the level in the model's units (σ in HU/×P_upper, fraction,
-            dose fraction); equal ends = a fixed level (validation).
+            dose fraction); equal ends = a fixed level (validation); None = the model's training
+            range.
         plan: the preprocessing plan (Gaussian σ in HU becomes network units; CT dose noise
             converts to HU and back around the noise).
+        model: the noise model; None = ``cfg.noise.model``.
+        maps_key: CT dose noise reads the whole slices' noise maps (`CTNoiseMapsd`) from this key
+            instead of computing them from the array (which must then hold whole slices).
     """
     n = cfg.noise
+    model = model or n.model
+    levels = levels if levels is not None else n.level_range(model)
     intensity = plan["intensity"]
-    if n.model == "gaussian":
+    if model == "gaussian":
         scale = float(intensity["hu_max"] - intensity["hu_min"]) if intensity["kind"] == "hu_linear" else 1.0
         spec: dict[str, Any] = {"model": "gaussian", "sigma_range": [levels[0] / scale, levels[1] / scale]}
-    elif n.model == "rician":
+    elif model == "rician":
         spec = {"model": "rician", "fraction_range": list(levels)}
     else:
         spec = {"model": "ct_dose", "dose_range": list(levels), "photons_per_ray": n.photons_per_ray,
                 "electronic_sigma": n.electronic_sigma, "intensity": intensity}
+        if maps_key:
+            spec["maps_key"] = maps_key
     return build_noise_transform("target", spec, output_keys="image")
+
+
+def training_noise(cfg: DenoisingWorkflow, plan: dict[str, Any], maps_key: str | None = None) -> Any:
+    """The training noise: the workflow's model over its range, or one of ``[model, *mix_with]`` per patch."""
+    if not cfg.noise.mix_with:
+        return noise_transform(cfg, None, plan, maps_key=maps_key)
+    models = [cfg.noise.model, *cfg.noise.mix_with]
+    # MONAI's OneOf draws the model per patch from its own random state, which the loop re-seeds
+    # from (seed, epoch, rank) with the rest of the random stage
+    return OneOf([noise_transform(cfg, None, plan, model=m, maps_key=maps_key) for m in models])
 
 
 class DenoisingTask:
@@ -141,25 +172,29 @@ class DenoisingTask:
             *([Spacingd(keys="image", pixdim=list(self.plan["spacing_mm"]), mode="bilinear", dtype=np.float32)] if self.plan["spacing_mm"] else []),
             ToNetworkUnitsd("image", self.plan["intensity"]),
         ]
-        if mcfg.spatial_dims == 2:
-            # whole slabs of 2k+1 slices get the noise, then the in-plane patch is cut
-            random = [
-                SpatialPadd(keys="image", spatial_size=[*tcfg.patch_size, 2 * k + 1], mode="edge"),
-                RandSpatialCropSamplesd(keys="image", roi_size=[-1, -1, 2 * k + 1], num_samples=tcfg.patches_per_case, random_size=False),
-                _Targetd(keys="image"),
-                noise_transform(cfg, cfg.noise.level_range(), self.plan),
-                RandSpatialCropd(keys=["image", "target"], roi_size=[*tcfg.patch_size, 2 * k + 1], random_size=False),
-                SliceStackd(keys="image"),
-            ]
-        else:
-            random = [
-                SpatialPadd(keys="image", spatial_size=list(tcfg.patch_size), mode="edge"),
-                RandSpatialCropSamplesd(keys="image", roi_size=list(tcfg.patch_size), num_samples=tcfg.patches_per_case, random_size=False),
-                _Targetd(keys="image"),
-                noise_transform(cfg, cfg.noise.level_range(), self.plan),
-            ]
+        # CT dose noise on patches: the per-pixel noise maps of the whole slices (the rays cross
+        # the whole body, not the patch) are computed once per scan with the cache and cropped
+        # with the image, so a training draw only costs the texture of its patch; computing them
+        # for every drawn slab instead made sampling take longer than the network's step
+        maps = MAPS_KEY if "ct_dose" in (cfg.noise.model, *cfg.noise.mix_with) else None
+        keys = ["image", maps] if maps else ["image"]
+        train_cached = [*cached, CTNoiseMapsd("image", maps_key=maps, intensity=self.plan["intensity"])] if maps else cached
+        # finer pixels than the training scans': a patch is zoomed, then a patch of the same size
+        # is cut from it (so each shows 1/factor of the field of view, at 1/factor of the pixel size)
+        zoom = [RandInPlaneZoomd(keys, tcfg.zoom_range, per_pixel_size=[maps] if maps else [])] if tcfg.zoom_range != (1.0, 1.0) else []
+        size = [*tcfg.patch_size, 2 * k + 1] if mcfg.spatial_dims == 2 else list(tcfg.patch_size)
+        random = [
+            SpatialPadd(keys=keys, spatial_size=size, mode="edge"),
+            RandSpatialCropSamplesd(keys=keys, roi_size=size, num_samples=tcfg.patches_per_case, random_size=False),
+            *zoom,
+            *([RandSpatialCropd(keys=keys, roi_size=size, random_size=False)] if zoom else []),
+            _Targetd(keys="image"),
+            training_noise(cfg, self.plan, maps_key=maps),
+            *([SliceStackd(keys="image")] if mcfg.spatial_dims == 2 else []),
+        ]
+        random += [DeleteItemsd(keys=maps)] if maps else []
         random += [_DropParamsd(keys="image"), EnsureTyped(keys=["image", "target"], dtype=torch.float32, track_meta=False)]
-        ds = CacheDataset(train_cases, transform=Compose(cached), cache_rate=cfg.data.cache_rate, num_workers=1, progress=False)
+        ds = CacheDataset(train_cases, transform=Compose(train_cached), cache_rate=cfg.data.cache_rate, num_workers=1, progress=False)
         self.train_dataset = RandomStage(ds, Compose(random))
         self.n_train_cases, self.n_val_cases = len(train_cases), len(val_cases)
         self.val_dataset = None
@@ -202,7 +237,10 @@ class DenoisingTask:
         with precision.autocast():
             out, kl = nets["model"](noisy, return_kl=True)
         # the loss in fp32: SSIM's variances and the small MSEs of network units lose digits in fp16
-        terms = self.loss_fn.terms(out.float(), clean)
+        weights = None
+        if self.cfg.loss.normalise == "noise":
+            weights = noise_weights(noisy, clean, channel=noisy.shape[1] // 2 if self.cfg.model.spatial_dims == 2 else 0)
+        terms = self.loss_fn.terms(out.float(), clean, weights)
         if "kl" in self.terms:
             terms["kl"] = self.cfg.loss.kl_weight * kl.float()
         loss = torch.stack(list(terms.values())).sum()
