@@ -17,7 +17,8 @@ Levels and their units:
   transform runs after the intensity plan).
 - `RandRicianNoiseRanged`: σ as a fraction of the clean image's robust maximum (the 99.5th
   percentile of its non-zero voxels, the same statistic as the ``percentile_scale`` intensity
-  plan, so on percentile-scaled MR the fraction is σ in network units).
+  plan, so on percentile-scaled MR the fraction is σ in network units). On patches the robust
+  maximum must be the whole scan's (`RobustMaxd` before the crop, ``reference_key``).
 - `RandCTDoseNoised`: the dose fraction of a simulated lower-dose scan of a full-dose CT
   acquired with ``photons_per_ray`` unattenuated photons per detector reading (see
   `add_ct_dose_noise` for the model and what it approximates).
@@ -54,6 +55,7 @@ __all__ = [
     "RandCTDoseNoised",
     "RandGaussianNoiseRanged",
     "RandRicianNoiseRanged",
+    "RobustMaxd",
     "CTNoiseMapsd",
     "add_ct_dose_noise",
     "add_gaussian_noise",
@@ -461,6 +463,11 @@ class RandRicianNoiseRanged(_NoiseBase):
         fraction_range: ``[f_min, f_max]``, σ as a fraction of the robust max; f ~ U(f_min, f_max).
             Default 1 %–10 % (blind training over a clinically wide range).
         prob, output_keys, level_key: as in `RandGaussianNoiseRanged` (level = f, a fraction).
+        reference_key: a key holding the robust max of the *whole* scan (`RobustMaxd`, computed
+            before cropping). Needed on patches: a patch's own robust max is that of whatever
+            tissue it happens to hold (tiny on a patch of background), so its noise would not
+            be the scan's; the scan's noise is the same σ everywhere, background included.
+            Without it the robust max of the array itself is used (a whole scan).
     """
 
     level_units = "sigma / P99.5 (fraction)"
@@ -472,16 +479,44 @@ class RandRicianNoiseRanged(_NoiseBase):
         prob: float = 1.0,
         output_keys: KeysCollection | None = None,
         level_key: str | None = None,
+        reference_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, prob, output_keys, level_key, allow_missing_keys)
         self.fraction_range = _check_range("fraction_range", fraction_range)
+        self.reference_key = reference_key
 
     def _draw_level(self) -> float:
         return float(self.R.uniform(*self.fraction_range))
 
     def _noise(self, array: np.ndarray, data: Mapping[Hashable, Any], key: Hashable) -> np.ndarray:
-        return add_rician_noise(array, self.level * robust_max(array), self.R)
+        if self.reference_key is None:
+            reference = robust_max(array)
+        elif self.reference_key in data:
+            reference = float(data[self.reference_key])
+        else:
+            raise ConfigError(f"Rician noise: reference_key {self.reference_key!r} is not in the item (add RobustMaxd before the crop)")
+        return add_rician_noise(array, self.level * reference, self.R)
+
+
+class RobustMaxd(MapTransform):
+    """Deterministic: store `robust_max` of the (whole) image under ``reference_key``.
+
+    Put it before the patch crop (e.g. in a ``CacheDataset``'s cached part) and give
+    `RandRicianNoiseRanged` the same ``reference_key``: patches then get the noise of their scan.
+    """
+
+    def __init__(self, keys: KeysCollection, reference_key: str = "noise_reference", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ConfigError(f"RobustMaxd takes one image key, got {list(self.keys)}")
+        self.reference_key = reference_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.reference_key] = robust_max(_to_numpy(d[key]))
+        return d
 
 
 class RandCTDoseNoised(_NoiseBase):

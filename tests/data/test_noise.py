@@ -66,6 +66,31 @@ def test_rician_background_bias_is_sigma_sqrt_pi_over_2(mr):
     assert d.std() == pytest.approx(sigma, rel=0.05)
 
 
+def test_rician_on_patches_takes_the_scans_robust_max(mr):
+    """A patch cropped from the scan gets the scan's σ with `RobustMaxd` + ``reference_key``;
+    on its own robust max a patch of background and dim tissue gets far less (the training bug
+    this guards against: the network never saw the background's Rayleigh floor at full σ)."""
+    from medseg.data.noise import RobustMaxd
+    from medseg.errors import ConfigError
+
+    item = RobustMaxd("image")({"image": mr[None]})
+    assert item["noise_reference"] == pytest.approx(robust_max(mr))
+    # the corner of the scan: background with a little dim tissue
+    corner = mr[:40, :40]
+    assert robust_max(corner) < 0.5 * robust_max(mr)
+    fraction = 0.05
+    sigma = fraction * robust_max(mr)
+    t = RandRicianNoiseRanged("image", fraction_range=(fraction, fraction), reference_key="noise_reference")
+    t.set_random_state(seed=0)
+    noisy = t({"image": corner, "noise_reference": item["noise_reference"]})["image"]
+    assert noisy[corner == 0].mean() == pytest.approx(sigma * math.sqrt(math.pi / 2), rel=0.05)
+    own = RandRicianNoiseRanged("image", fraction_range=(fraction, fraction))
+    own.set_random_state(seed=0)
+    assert own({"image": corner})["image"][corner == 0].mean() < 0.5 * sigma
+    with pytest.raises(ConfigError, match="noise_reference"):
+        t({"image": corner})
+
+
 def test_robust_max_is_the_percentile_of_nonzero_voxels(mr):
     assert robust_max(mr) == pytest.approx(np.percentile(mr[mr != 0], 99.5))
     assert robust_max(np.zeros(5)) == 1.0

@@ -228,6 +228,34 @@ def test_noise_mix_gives_each_patch_one_of_the_models(tmp_path):
     assert abs(np.mean(white) - 300.0) < 15.0
 
 
+def test_rician_training_patches_carry_the_scans_noise_level(tmp_path):
+    """Rician σ on training patches is the fraction times the *scan's* robust max: the
+    background of every patch (clean value ≈ 0) shows the Rayleigh floor σ·√(π/2) of that σ, also
+    on patches of background and dim tissue, whose own robust max is far smaller."""
+    from medseg.config import load_workflow
+    from medseg.engine.distributed import DistContext
+    from medseg.engine.tasks.denoising import DenoisingTask
+    from monai.data.utils import set_rnd
+
+    raw = {**DENOISE, "preprocessing": {"modality": "MR"},
+           "noise": {"model": "rician", "fraction_range": [0.05, 0.05], "val_levels": [0.05]},
+           "data": {"training": [{"image": "sample:brain_mri", "name": "brain1"}], "validation": []}}
+    cfg = load_workflow(raw, [f"output.dir={tmp_path}"])
+    task = DenoisingTask(cfg, DistContext(0, 1, 0, torch.device("cpu")))
+    set_rnd(task.train_dataset, 0)
+    floor = 0.05 * math.sqrt(math.pi / 2)  # network units: the scan's P99.5 is 1
+    checked = 0
+    for _ in range(6):
+        for patch in task.train_dataset[0]:
+            assert "noise_reference" not in patch
+            clean, noisy = patch["target"][0].numpy(), patch["image"][1].numpy()
+            background = clean < 0.005  # air (x ≪ σ: the Rician mean is the Rayleigh floor)
+            if background.sum() >= 100:
+                checked += 1
+                assert noisy[background].mean() == pytest.approx(floor, rel=0.15)
+    assert checked >= 3
+
+
 def test_noise_mix_config_errors_name_the_problem():
     from medseg.config import load_workflow
     from medseg.errors import ConfigError

@@ -38,7 +38,7 @@ from medseg.checkpoint import Checkpoint, current_versions
 from medseg.config import DenoisingWorkflow
 from medseg.data.datasets import resolve_cases
 from medseg.data.intensity import intensity_params, to_network_units
-from medseg.data.noise import CTNoiseMapsd, build_noise_transform
+from medseg.data.noise import CTNoiseMapsd, RobustMaxd, build_noise_transform
 from medseg.data.transforms import LoadCased, RandInPlaneZoomd
 from medseg.engine.distributed import DistContext
 from medseg.engine.optimization import Precision, backward_step, warmup_cosine
@@ -49,6 +49,8 @@ from medseg.models import build_model
 
 #: where the training items keep the CT noise maps of their slices
 MAPS_KEY = "ct_noise_maps"
+#: where the training items keep their scan's robust max (the scale of Rician noise)
+REFERENCE_KEY = "noise_reference"
 
 __all__ = ["DenoisingTask", "SliceStackd", "ToNetworkUnitsd", "noise_transform", "training_noise"]
 
@@ -111,6 +113,7 @@ def noise_transform(
     *,
     model: str | None = None,
     maps_key: str | None = None,
+    reference_key: str | None = None,
 ) -> Any:
     """A noise model (`medseg.data.noise`) from ``"target"`` (clean, network units) to ``"image"``.
 
@@ -123,6 +126,8 @@ def noise_transform(
         model: the noise model; None = ``cfg.noise.model``.
         maps_key: CT dose noise reads the whole slices' noise maps (`CTNoiseMapsd`) from this key
             instead of computing them from the array (which must then hold whole slices).
+        reference_key: Rician noise reads the whole scan's robust max (`RobustMaxd`) from this
+            key instead of taking the array's own (a patch's would not be its scan's).
     """
     n = cfg.noise
     model = model or n.model
@@ -133,6 +138,8 @@ def noise_transform(
         spec: dict[str, Any] = {"model": "gaussian", "sigma_range": [levels[0] / scale, levels[1] / scale]}
     elif model == "rician":
         spec = {"model": "rician", "fraction_range": list(levels)}
+        if reference_key:
+            spec["reference_key"] = reference_key
     else:
         spec = {"model": "ct_dose", "dose_range": list(levels), "photons_per_ray": n.photons_per_ray,
                 "electronic_sigma": n.electronic_sigma, "intensity": intensity}
@@ -141,14 +148,14 @@ def noise_transform(
     return build_noise_transform("target", spec, output_keys="image")
 
 
-def training_noise(cfg: DenoisingWorkflow, plan: dict[str, Any], maps_key: str | None = None) -> Any:
+def training_noise(cfg: DenoisingWorkflow, plan: dict[str, Any], maps_key: str | None = None, reference_key: str | None = None) -> Any:
     """The training noise: the workflow's model over its range, or one of ``[model, *mix_with]`` per patch."""
     if not cfg.noise.mix_with:
-        return noise_transform(cfg, None, plan, maps_key=maps_key)
+        return noise_transform(cfg, None, plan, maps_key=maps_key, reference_key=reference_key)
     models = [cfg.noise.model, *cfg.noise.mix_with]
     # MONAI's OneOf draws the model per patch from its own random state, which the loop re-seeds
     # from (seed, epoch, rank) with the rest of the random stage
-    return OneOf([noise_transform(cfg, None, plan, model=m, maps_key=maps_key) for m in models])
+    return OneOf([noise_transform(cfg, None, plan, model=m, maps_key=maps_key, reference_key=reference_key) for m in models])
 
 
 class DenoisingTask:
@@ -178,7 +185,13 @@ class DenoisingTask:
         # for every drawn slab instead made sampling take longer than the network's step
         maps = MAPS_KEY if "ct_dose" in (cfg.noise.model, *cfg.noise.mix_with) else None
         keys = ["image", maps] if maps else ["image"]
-        train_cached = [*cached, CTNoiseMapsd("image", maps_key=maps, intensity=self.plan["intensity"])] if maps else cached
+        train_cached = [*cached, CTNoiseMapsd("image", maps_key=maps, intensity=self.plan["intensity"])] if maps else list(cached)
+        # Rician σ is a fraction of the scan's robust max, taken on the whole scan: a patch of
+        # background or dim tissue has a far smaller one of its own, and patches drawn with it
+        # got almost no noise where the scan has the most visible (the Rayleigh floor of the
+        # background, which the network then never learnt to remove)
+        reference = REFERENCE_KEY if "rician" in (cfg.noise.model, *cfg.noise.mix_with) else None
+        train_cached += [RobustMaxd("image", reference_key=reference)] if reference else []
         # finer pixels than the training scans': a patch is zoomed, then a patch of the same size
         # is cut from it (so each shows 1/factor of the field of view, at 1/factor of the pixel size)
         zoom = [RandInPlaneZoomd(keys, tcfg.zoom_range, per_pixel_size=[maps] if maps else [])] if tcfg.zoom_range != (1.0, 1.0) else []
@@ -189,10 +202,10 @@ class DenoisingTask:
             *zoom,
             *([RandSpatialCropd(keys=keys, roi_size=size, random_size=False)] if zoom else []),
             _Targetd(keys="image"),
-            training_noise(cfg, self.plan, maps_key=maps),
+            training_noise(cfg, self.plan, maps_key=maps, reference_key=reference),
             *([SliceStackd(keys="image")] if mcfg.spatial_dims == 2 else []),
         ]
-        random += [DeleteItemsd(keys=maps)] if maps else []
+        random += [DeleteItemsd(keys=[k for k in (maps, reference) if k])] if maps or reference else []
         random += [_DropParamsd(keys="image"), EnsureTyped(keys=["image", "target"], dtype=torch.float32, track_meta=False)]
         ds = CacheDataset(train_cases, transform=Compose(train_cached), cache_rate=cfg.data.cache_rate, num_workers=1, progress=False)
         self.train_dataset = RandomStage(ds, Compose(random))
