@@ -526,6 +526,11 @@ class DenoisingModelConfig(_Strict):
     features: int | list[int] | None = Field(
         None, description="Widths: unet_denoiser 6 values (5 encoder levels + last decoder); redcnn/vae_denoiser one number; null = the network's default."
     )
+    min_value: float | None = Field(
+        None,
+        description="Lowest value the image can take, in network units (MR magnitude with percentile_scale: 0.0); "
+        "the trained network's outputs below it are raised to it when it is applied (never during training); null: none.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Further keyword arguments of the network (medseg.models.denoise: e.g. unet_denoiser {norm: none, dropout: 0.1}, "
@@ -543,6 +548,8 @@ class DenoisingModelConfig(_Strict):
         out: dict[str, Any] = {"name": self.name, "spatial_dims": self.spatial_dims, "in_channels": 2 * self.context_slices + 1, "out_channels": 1}
         if self.features is not None:
             out["features"] = self.features
+        if self.min_value is not None:
+            out["min_value"] = self.min_value
         return {**self.options, **out}
 
 

@@ -77,6 +77,22 @@ def _crop(y: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return y[(slice(None), slice(None), *[slice(0, s) for s in sizes])]
 
 
+def output_floor(net: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """``max(out, net.min_value)`` in evaluation mode (unchanged while training, or without a floor).
+
+    For images that cannot go below a value (MR magnitude ≥ 0): where the clean image lies
+    above the floor, raising an output to it can only bring it closer, so the floor never adds
+    error. A blind denoiser that removes the Rician floor of a dark background overshoots
+    below zero on part of it (seen as a negative background mean on a held-out brain scan),
+    which SSIM, with its small constant for dark flat regions, punishes hard. Training keeps the
+    unclamped output, so the loss still has a gradient there.
+    """
+    floor = getattr(net, "min_value", None)
+    if floor is None or net.training:
+        return out
+    return out.clamp(min=float(floor))
+
+
 class REDCNN(nn.Module):
     """Residual encoder-decoder CNN (Chen et al., "Low-dose CT with a residual encoder-decoder
     convolutional neural network", IEEE TMI 2017).
@@ -92,11 +108,15 @@ class REDCNN(nn.Module):
         in_channels: 1, or 2k+1 for 2.5-D context.
         features: channels of every hidden layer (paper: 96).
         kernel_size: convolution size (paper: 5); inputs need every size ≥ ``5·(kernel_size−1)+1``.
+        min_value: see `output_floor`.
     """
 
-    def __init__(self, spatial_dims: int = 2, in_channels: int = 1, features: int = 96, kernel_size: int = 5) -> None:
+    def __init__(
+        self, spatial_dims: int = 2, in_channels: int = 1, features: int = 96, kernel_size: int = 5, min_value: float | None = None
+    ) -> None:
         super().__init__()
         _check_channels(in_channels)
+        self.min_value = min_value
         conv, tconv = _conv(spatial_dims), _tconv(spatial_dims)
         self.min_size = 5 * (kernel_size - 1) + 1
         self.encoder = nn.ModuleList(
@@ -122,7 +142,7 @@ class REDCNN(nn.Module):
         out = self.decoder[1](F.relu(out))
         out = self.decoder[2](F.relu(out)) + skip2
         out = self.decoder[3](F.relu(out))
-        out = self.decoder[4](F.relu(out)) + _centre(x)
+        out = output_floor(self, self.decoder[4](F.relu(out)) + _centre(x))
         return (out, out.new_zeros(())) if return_kl else out
 
 
@@ -138,6 +158,7 @@ class UNetDenoiser(nn.Module):
         features: BasicUNet's six widths (encoder ×5, last decoder).
         norm: ``"instance"``, ``"batch"`` or ``"none"``.
         dropout: dropout probability.
+        min_value: see `output_floor`.
     """
 
     def __init__(
@@ -147,9 +168,11 @@ class UNetDenoiser(nn.Module):
         features: tuple[int, ...] = (32, 32, 64, 128, 256, 32),
         norm: str = "instance",
         dropout: float = 0.0,
+        min_value: float | None = None,
     ) -> None:
         super().__init__()
         _check_channels(in_channels)
+        self.min_value = min_value
         norm_arg: Any = ("instance", {"affine": True}) if norm == "instance" else (None if norm == "none" else norm)
         self.unet = BasicUNet(
             spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1, features=tuple(features),
@@ -160,7 +183,7 @@ class UNetDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, return_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         padded, sizes = _pad_to_multiple(x, 16)
-        out = _crop(self.unet(padded), sizes) + _centre(x)
+        out = output_floor(self, _crop(self.unet(padded), sizes) + _centre(x))
         return (out, out.new_zeros(())) if return_kl else out
 
 
@@ -184,13 +207,16 @@ class VAEDenoiser(nn.Module):
         features: width of the first level (doubles per level).
         levels: number of stride-2 down/up steps.
         latent_channels: latent maps.
+        min_value: see `output_floor`.
     """
 
     def __init__(
-        self, spatial_dims: int = 2, in_channels: int = 1, features: int = 32, levels: int = 3, latent_channels: int = 8
+        self, spatial_dims: int = 2, in_channels: int = 1, features: int = 32, levels: int = 3, latent_channels: int = 8,
+        min_value: float | None = None,
     ) -> None:
         super().__init__()
         _check_channels(in_channels)
+        self.min_value = min_value
         conv, tconv = _conv(spatial_dims), _tconv(spatial_dims)
         self.multiple = 2**levels
         widths = [features * 2**i for i in range(levels + 1)]
@@ -215,7 +241,7 @@ class VAEDenoiser(nn.Module):
         # bounded log-variance: exp() of an unbounded head overflows early in training
         logvar = self.to_logvar(h).clamp(-10.0, 10.0)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
-        out = _crop(self.head(self.decoder(z)), sizes) + _centre(x)
+        out = output_floor(self, _crop(self.head(self.decoder(z)), sizes) + _centre(x))
         if not return_kl:
             return out
         kl = 0.5 * torch.mean(mu.pow(2) + logvar.exp() - 1.0 - logvar)
@@ -246,6 +272,7 @@ class ResNetDenoiser(nn.Module):
         in_channels: image channels (1).
         encoder, encoder_channels, stem_stride, shortcut_type, encoder_norm: as `ResUNet3D`.
         decoder_channels: width of the decoder.
+        min_value: see `output_floor`.
     """
 
     def __init__(
@@ -258,10 +285,12 @@ class ResNetDenoiser(nn.Module):
         shortcut_type: str | None = None,
         encoder_norm: str = "batch",
         decoder_channels: int = 16,
+        min_value: float | None = None,
     ) -> None:
         super().__init__()
         from medseg.models.resunet import encoder_feature_channels, resnet_encoder, stem_strides
 
+        self.min_value = min_value
         if spatial_dims != 3:
             raise ConfigError("resnet_denoiser is 3-D (the segmentation encoder's); set model.spatial_dims: 3")
         _check_channels(in_channels)
@@ -288,7 +317,7 @@ class ResNetDenoiser(nn.Module):
             d = F.leaky_relu(self.smooth[i](d), 0.1)
         d = F.interpolate(d, size=padded.shape[2:], mode="trilinear", align_corners=False)
         f = self.head(F.leaky_relu(self.refine(d), 0.1))
-        out = _crop(f, sizes) + _centre(x)
+        out = output_floor(self, _crop(f, sizes) + _centre(x))
         return (out, out.new_zeros(())) if return_kl else out
 
 
@@ -306,6 +335,10 @@ class _DenoiserConfig(_Strict):
     spatial_dims: Literal[2, 3] = Field(2, description="2: axial slices (2.5-D with in_channels = 2k+1); 3: volumes.")
     in_channels: int = Field(1, ge=1, description="1, or 2k+1 for k context slices each side.")
     out_channels: Literal[1] = Field(1, description="Always 1: the clean image.")
+    min_value: float | None = Field(
+        None, description="Lowest value the image can take, in network units (MR magnitude: 0); outputs below it are "
+        "raised to it at evaluation (`output_floor`); null: no floor."
+    )
 
 
 class REDCNNConfig(_DenoiserConfig):

@@ -29,6 +29,37 @@ def test_shapes_and_identity_at_initialisation(name, spatial_dims, in_channels, 
     assert kl.ndim == 0 and float(kl) >= 0
 
 
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_min_value_floors_outputs_when_applied_not_while_training(name):
+    """``min_value`` (MR magnitude: 0): evaluation outputs never go below it, and where the
+    clean image lies above the floor the floored output is never further from it; training
+    outputs are left alone (the loss keeps its gradient)."""
+    torch.manual_seed(0)
+    cfg = {"name": name, "spatial_dims": 2, "in_channels": 1, **SMALL[name]}
+    x = torch.rand(1, 1, 32, 32) - 0.5  # half the input below 0: the untrained network returns it
+    plain, floored = build_model(cfg), build_model({**cfg, "min_value": 0.0})
+    floored.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        y_plain, y = plain.eval()(x), floored.eval()(x)
+        assert float(y.min()) == 0.0 and float(y_plain.min()) < 0
+        torch.testing.assert_close(y, y_plain.clamp(min=0.0))
+        clean = torch.rand_like(x)  # any image ≥ the floor
+        assert bool(((y - clean).abs() <= (y_plain - clean).abs()).all())
+        outs = []
+        for net in (floored.train(), plain.train()):
+            torch.manual_seed(1)  # the VAE samples its latent in training
+            outs.append(net(x))
+        torch.testing.assert_close(outs[0], outs[1])
+        assert float(outs[0].min()) < 0
+
+
+def test_min_value_goes_from_the_workflow_into_the_checkpoint_model():
+    from medseg.config.schema import DenoisingModelConfig
+
+    assert DenoisingModelConfig(min_value=0.0).build_dict()["min_value"] == 0.0
+    assert "min_value" not in DenoisingModelConfig().build_dict()  # checkpoints without it load as before
+
+
 def test_training_moves_away_from_identity_and_gradients_reach_the_last_layer():
     torch.manual_seed(0)
     net = REDCNN(2, 1, features=8)
