@@ -205,7 +205,8 @@ class DenoisingTask:
             training_noise(cfg, self.plan, maps_key=maps, reference_key=reference),
             *([SliceStackd(keys="image")] if mcfg.spatial_dims == 2 else []),
         ]
-        random += [DeleteItemsd(keys=[k for k in (maps, reference) if k])] if maps or reference else []
+        per_scan = [k for k in (maps, reference) if k]  # read by the noise only, not batched
+        random += [DeleteItemsd(keys=per_scan)] if per_scan else []
         random += [_DropParamsd(keys="image"), EnsureTyped(keys=["image", "target"], dtype=torch.float32, track_meta=False)]
         ds = CacheDataset(train_cases, transform=Compose(train_cached), cache_rate=cfg.data.cache_rate, num_workers=1, progress=False)
         self.train_dataset = RandomStage(ds, Compose(random))
