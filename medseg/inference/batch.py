@@ -56,7 +56,8 @@ from typing import Any
 
 from medseg.errors import InputError, MedsegError
 from medseg.inference.discovery import SeriesRecord, discover_series, parse_shard, select_series, shard_of
-from medseg.inference.manifest import manifest_name, read_manifest_rows, resume_from_markers, write_manifest
+from medseg.inference.manifest import (agree_with_markers, manifest_name, read_manifest_rows, resume_from_markers,
+                                      write_manifest)
 from medseg.inference.model import LoadedModel, load_models
 from medseg.inference.options import BatchOptions
 from medseg.inference.processes import default_workers, die_with_parent, is_worker_death, stage_executor, unguarded_main_script
@@ -206,14 +207,15 @@ def segment_batch(
                     rows: dict[str, dict[str, Any]] = {}
                     for i in range(1, n_jobs + 1):
                         rows |= read_manifest_rows(out_dir / manifest_name((i, n_jobs)))
-                    _merge_job_rows(todo, rows, out_dir, models)
+                    _merge_job_rows(todo, rows)
             else:
                 def finished(rec: SeriesRecord) -> None:
                     write_manifest(out_dir, records, header, unreadable, options.shard)
                     bars.item_finished()
 
                 run_pipeline(todo, models, options, out_dir, n_workers, finished, bars)
-    finally:
+    finally:  # interrupted too: the manifest says what the markers say
+        agree_with_markers(todo, out_dir, models)
         header["finished"] = now_utc()
         write_manifest(out_dir, records, header, unreadable, options.shard)
     return BatchResult(out_dir=out_dir, manifest_path=manifest, records=records, unreadable_files=unreadable)
@@ -373,10 +375,9 @@ def _job_main(parent_pid: int, input_path: str, out_dir: str, model_paths: list[
     segment_batch(input_path, out_dir, model_paths, options)
 
 
-def _merge_job_rows(todo: list[SeriesRecord], rows: dict[str, dict[str, Any]], out_dir: Path, models: list[LoadedModel]) -> None:
-    """Copy the jobs' outcome of each series into this batch's records (markers decide "done")."""
-    from medseg.inference.series import is_done
-
+def _merge_job_rows(todo: list[SeriesRecord], rows: dict[str, dict[str, Any]]) -> None:
+    """Copy the jobs' outcome of each series into this batch's records (the markers then decide
+    "done": `agree_with_markers`)."""
     for rec in todo:
         row = rows.get(rec.key)
         if row is None:
@@ -384,8 +385,6 @@ def _merge_job_rows(todo: list[SeriesRecord], rows: dict[str, dict[str, Any]], o
         for name in ("status", "reason", "seconds", "n_slices", "modality", "warnings", "uncertainty", "label_uncertainty", "outputs"):
             if name in row:
                 setattr(rec, name, row[name])
-        if rec.status == "done" and is_done(out_dir / rec.stem, models) is None:
-            rec.status, rec.reason = "pending", ""
 
 
 def _options_dict(options: BatchOptions) -> dict[str, Any]:

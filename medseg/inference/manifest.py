@@ -53,16 +53,10 @@ def resume_from_markers(
         if info is None:
             todo.append(r)
             continue
-        prev = info.get("series", {})
         if info.get("torch_threads") not in (None, threads):
             other_threads.add(int(info["torch_threads"]))
-        r.status, r.previous_run = "done", True
-        r.outputs = dict(info.get("outputs", {}))
-        r.seconds = prev.get("seconds")
-        r.n_slices = r.n_slices or prev.get("n_slices")
-        r.warnings = list(prev.get("warnings") or [])
-        r.uncertainty = prev.get("uncertainty")
-        r.label_uncertainty = dict(prev.get("label_uncertainty") or {})
+        _take_marker(r, info)
+        r.previous_run = True
     if other_threads:
         log.info(
             "series finished by a previous run with %s torch thread(s) are kept; this run uses %d (on CPU the "
@@ -70,6 +64,35 @@ def resume_from_markers(
             "/".join(map(str, sorted(other_threads))), threads,
         )
     return todo
+
+
+def _take_marker(r: SeriesRecord, info: dict[str, Any]) -> None:
+    """Set a record to what its done marker says."""
+    prev = info.get("series", {})
+    r.status, r.reason = "done", ""
+    r.outputs = dict(info.get("outputs", {}))
+    r.seconds = prev.get("seconds")
+    r.n_slices = r.n_slices or prev.get("n_slices")
+    r.warnings = list(prev.get("warnings") or [])
+    r.uncertainty = prev.get("uncertainty")
+    r.label_uncertainty = dict(prev.get("label_uncertainty") or {})
+
+
+def agree_with_markers(records: list[SeriesRecord], out_dir: Path, models: list[LoadedModel]) -> None:
+    """Make the records of this run's series say what their done markers say.
+
+    Called before the last manifest write: a run stopped (Ctrl-C, a job terminated) between
+    writing a series' marker and recording it would otherwise leave a manifest that counts it
+    as pending, and a record said done without a valid marker goes back to pending.
+    """
+    for r in records:
+        if r.status not in ("pending", "done"):
+            continue
+        info = is_done(out_dir / r.stem, models)
+        if info is not None and r.status != "done":
+            _take_marker(r, info)
+        elif info is None and r.status == "done":
+            r.status, r.reason = "pending", ""
 
 
 def write_manifest(

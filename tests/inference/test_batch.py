@@ -331,6 +331,64 @@ def test_resume_after_an_interruption(tmp_path, sample, trained_ckpt, monkeypatc
         ("copy 0", "skipped", False), ("copy 1", "done", False)]
 
 
+def test_interrupted_while_writing_a_marker_the_manifest_does_not_count_the_series(tmp_path, sample, trained_ckpt, monkeypatch):
+    """Ctrl-C inside the 1st series' done marker write: the record already said "done", but no
+    marker exists, so the manifest written on the way out counts it pending (it agrees with the
+    markers), and a re-run redoes it."""
+    import medseg.inference.batch as batch_mod
+
+    vol = read_volume(sample("ct_small"))
+    tree = tmp_path / "in"
+    for n in range(2):
+        write_ct_series(vol, tree / f"p{n}", series_description=f"copy {n}", series_number=n + 1)
+    out = tmp_path / "out"
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_mod, "write_done_marker", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        segment_batch(tree, out, [trained_ckpt], FAST)
+    manifest = json.loads((out / "segment.json").read_text())
+    assert not list(out.glob(f"*/{DONE_MARKER}"))
+    assert manifest["counts"]["done"] == 0 and manifest["counts"]["pending"] == 2
+    monkeypatch.undo()
+    again = segment_batch(tree, out, [trained_ckpt], FAST)
+    assert again.ok and again.n_done == 2 and not any(r.previous_run for r in again.records)
+
+
+def test_records_agree_with_the_markers_on_disk(batch, trained_ckpt, tmp_path):
+    """What a job process finished but had not recorded (it was stopped between its marker and
+    its shard manifest) counts as done, with the marker's outputs and uncertainty; a record
+    said done whose marker is gone goes back to pending."""
+    from dataclasses import replace as copy_record
+
+    from medseg.inference.manifest import agree_with_markers
+
+    out = tmp_path / "out"
+    shutil.copytree(batch.out_dir, out)
+    done = [r for r in batch.records if r.status == "done"]
+    assert len(done) == 2
+    unrecorded = [copy_record(r, status="pending", outputs={}, uncertainty=None, label_uncertainty={}) for r in done]
+    agree_with_markers(unrecorded, out, batch_models(trained_ckpt))
+    assert [(r.status, r.outputs, r.uncertainty, r.label_uncertainty) for r in unrecorded] == [
+        ("done", r.outputs, r.uncertainty, r.label_uncertainty) for r in done]
+
+    (out / done[0].stem / DONE_MARKER).unlink()
+    claimed = [copy_record(r) for r in done]
+    agree_with_markers(claimed, out, batch_models(trained_ckpt))
+    assert [r.status for r in claimed] == ["pending", "done"]
+    failed = [copy_record(r, status="failed", reason="x") for r in done]
+    agree_with_markers(failed, out, batch_models(trained_ckpt))
+    assert [r.status for r in failed] == ["failed", "failed"]
+
+
+def batch_models(ckpt: Path):
+    from medseg.inference.model import load_models
+
+    return load_models([ckpt], "cpu")
+
+
 def _children(pid: int) -> set[int]:
     out: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
