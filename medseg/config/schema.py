@@ -580,6 +580,12 @@ class DenoisingTrainingConfig(TrainingConfig):
         "the network then sees anatomy at finer pixels than the training scans have, e.g. 3 mm scans at 1-3 mm for a "
         "denoiser that will meet 0.7-1 mm scans. (1, 1) = off.",
     )
+    field_of_view_mm: float | None = Field(
+        None, gt=0,
+        description="Pad each training scan in plane with air (network unit 0: CT the plan's lowest HU, the value "
+        "outside a reconstruction's circle; MR 0) to at least this width in mm before patches are drawn: scans cropped to the body "
+        "never show the large flat air regions of a 40-50 cm reconstruction, where the denoiser then leaves noise. null = off.",
+    )
     val_roi_size: list[int] | None = Field(
         None, description="3-D models: sliding-window ROI at validation and inference (null = patch_size); 2-D: whole slices."
     )

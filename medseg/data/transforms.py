@@ -45,6 +45,7 @@ from monai.transforms import (
     RandZoomd,
     ScaleIntensityRanged,
     Spacingd,
+    SpatialPad,
     SpatialPadd,
     Zoom,
 )
@@ -159,6 +160,36 @@ class RandInPlaneZoomd(RandomizableTransform, MapTransform):
             d[key] = zoom(d[key])
             if key in self.per_pixel_size:
                 d[key] = d[key] * self.factor
+        return d
+
+
+class PadToFieldOfViewd(MapTransform):
+    """Pad each scan in plane (x, y), symmetrically, to at least ``fov_mm`` across, with ``value``.
+
+    For training scans cropped tight around the body: CT reconstructions usually show a 40-50 cm
+    field of view, most of it air, and a denoiser that never saw large flat air regions leaves
+    white noise there (docs/benchmarks.md). The pixel spacing is read from the MetaTensor's
+    affine; MONAI's `SpatialPad` moves the affine's origin with the padding. A scan already
+    that wide is left as it is; z is never padded.
+
+    Args:
+        keys: image keys.
+        fov_mm: the smallest in-plane extent in mm.
+        value: the padding value, in the image's units at this point (e.g. −1000 for air in HU).
+    """
+
+    def __init__(self, keys: Any, fov_mm: float, value: float) -> None:
+        super().__init__(keys)
+        self.fov_mm, self.value = float(fov_mm), float(value)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            affine = np.asarray(img.affine, dtype=np.float64) if isinstance(img, MetaTensor) else np.eye(4)
+            spacing = np.linalg.norm(affine[:3, :3], axis=0)
+            size = [max(int(n), math.ceil(self.fov_mm / float(sp) - 1e-6)) for n, sp in zip(img.shape[1:3], spacing[:2])]
+            d[key] = SpatialPad([*size, -1], method="symmetric", mode="constant", value=self.value)(img)
         return d
 
 

@@ -246,3 +246,33 @@ def test_in_plane_zoom_keeps_pixels_square_and_scales_the_spacing_the_noise_read
     # off: the same object back
     same = {"image": img}
     assert RandInPlaneZoomd("image", (1.0, 1.0))(same)["image"] is img
+
+
+def test_pad_to_field_of_view_adds_air_around_the_scan_and_keeps_its_geometry():
+    """`PadToFieldOfViewd` on the real 3 mm CT (122×101 pixels, 37×30 cm): padded symmetrically
+    to ≥ 50 cm in x and y with the given value, z untouched, the scan's voxels unchanged and at
+    the same world positions (the affine's origin moves with the padding); a scan already that
+    wide comes back as it was."""
+    from medseg.data.transforms import PadToFieldOfViewd
+    from medseg.io import load_volume
+    from medseg.sample_data import path as sample_path
+
+    vol = load_volume(sample_path("ct_small"))
+    img = volume_to_metatensor(vol)[:, :, :, 10:13]
+    spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+    out = PadToFieldOfViewd("image", 500.0, -1024.0)({"image": img})["image"]
+    want = [int(np.ceil(500.0 / spacing[0])), int(np.ceil(500.0 / spacing[1]))]
+    assert list(out.shape[1:3]) == want and out.shape[3] == 3
+    assert out.shape[1] * spacing[0] >= 500.0 and (out.shape[1] - 1) * spacing[0] < 500.0
+    x0, y0 = (want[0] - img.shape[1]) // 2, (want[1] - img.shape[2]) // 2
+    assert x0 > 0 and y0 > 0
+    np.testing.assert_array_equal(np.asarray(out)[:, x0:x0 + img.shape[1], y0:y0 + img.shape[2]], np.asarray(img))
+    ring = np.ones(out.shape[1:3], bool)
+    ring[x0:x0 + img.shape[1], y0:y0 + img.shape[2]] = False
+    assert np.all(np.asarray(out)[0][ring] == -1024.0)
+    # the first voxel of the scan sits where it did
+    world_in = np.asarray(img.affine) @ np.array([0, 0, 0, 1.0])
+    world_out = np.asarray(out.affine) @ np.array([x0, y0, 0, 1.0])
+    np.testing.assert_allclose(world_out, world_in, atol=1e-4)
+    wide = PadToFieldOfViewd("image", 100.0, -1024.0)({"image": img})["image"]
+    assert wide.shape == img.shape and torch.equal(torch.as_tensor(wide), torch.as_tensor(img))

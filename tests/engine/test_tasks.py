@@ -206,7 +206,7 @@ def test_noise_mix_gives_each_patch_one_of_the_models(tmp_path):
     dose adds to the 3 mm scan)."""
     from medseg.config import load_workflow
     from medseg.engine.distributed import DistContext
-    from medseg.engine.tasks.denoising import DenoisingTask
+    from medseg.engine.tasks.denoising import MAPS_KEY, DenoisingTask
 
     raw = {**DENOISE, "noise": {"model": "ct_dose", "dose_range": [0.5, 0.5], "mix_with": ["gaussian"],
                                 "sigma_range": [300, 300], "val_levels": [0.5]},
@@ -265,3 +265,25 @@ def test_noise_mix_config_errors_name_the_problem():
     mr = {**DENOISE, "preprocessing": {"modality": "MR"}, "noise": {"model": "rician", "mix_with": ["ct_dose"]}}
     with pytest.raises(ConfigError, match="ct_dose"):
         load_workflow(mr)
+
+
+def test_field_of_view_pads_the_training_scans_with_air_only(tmp_path):
+    """`training.field_of_view_mm`: the cached training scans (and their CT noise maps) are padded
+    with network unit 0 (−1024 HU) to the field of view, and the validation scan is scored as it is."""
+    from medseg.config import load_workflow
+    from medseg.data.intensity import intensity_params, to_network_units
+    from medseg.engine.distributed import DistContext
+    from medseg.engine.tasks.denoising import MAPS_KEY, DenoisingTask
+
+    raw = {**DENOISE, "noise": {"model": "ct_dose", "dose_range": [0.1, 0.1], "val_levels": [0.1]},
+           "training": {**DENOISE["training"], "field_of_view_mm": 500.0}}
+    cfg = load_workflow(raw, [f"output.dir={tmp_path}"])
+    task = DenoisingTask(cfg, DistContext(0, 1, 0, torch.device("cpu")))
+    cached = task.train_dataset.cached[0]
+    image = np.asarray(cached["image"])
+    assert image.shape[1:3] == (167, 167)  # 500 mm / 3 mm, from 122 × 101
+    assert image[0, 0, 0, 0] == 0.0 and image[0, -1, -1, -1] == 0.0
+    assert float(to_network_units(-1024.0, intensity_params(image, cfg.preprocessing.plan()["intensity"]))) == 0.0
+    maps = cached[MAPS_KEY]
+    assert tuple(maps.shape[1:3]) == (167, 167)
+    assert tuple(task.val_dataset[0]["image"].shape[1:3]) == (122, 101)

@@ -39,7 +39,7 @@ from medseg.config import DenoisingWorkflow
 from medseg.data.datasets import resolve_cases
 from medseg.data.intensity import intensity_params, to_network_units
 from medseg.data.noise import CTNoiseMapsd, RobustMaxd, build_noise_transform
-from medseg.data.transforms import LoadCased, RandInPlaneZoomd
+from medseg.data.transforms import LoadCased, PadToFieldOfViewd, RandInPlaneZoomd
 from medseg.engine.distributed import DistContext
 from medseg.engine.optimization import Precision, backward_step, warmup_cosine
 from medseg.engine.tasks.segmentation import RandomStage
@@ -179,13 +179,18 @@ class DenoisingTask:
             *([Spacingd(keys="image", pixdim=list(self.plan["spacing_mm"]), mode="bilinear", dtype=np.float32)] if self.plan["spacing_mm"] else []),
             ToNetworkUnitsd("image", self.plan["intensity"]),
         ]
+        # training scans only (validation scores the scans as they are); network unit 0 is air
+        # for both plans: the lowest HU of hu_linear (what a reconstruction holds outside its
+        # circle), and 0 of an MR magnitude image
+        train_cached_head = [*cached, PadToFieldOfViewd("image", tcfg.field_of_view_mm, 0.0)] if tcfg.field_of_view_mm else list(cached)
         # CT dose noise on patches: the per-pixel noise maps of the whole slices (the rays cross
         # the whole body, not the patch) are computed once per scan with the cache and cropped
         # with the image, so a training draw only costs the texture of its patch; computing them
         # for every drawn slab instead made sampling take longer than the network's step
         maps = MAPS_KEY if "ct_dose" in (cfg.noise.model, *cfg.noise.mix_with) else None
         keys = ["image", maps] if maps else ["image"]
-        train_cached = [*cached, CTNoiseMapsd("image", maps_key=maps, intensity=self.plan["intensity"])] if maps else list(cached)
+        # (after the padding: the rays of the dose noise cross the padded air too)
+        train_cached = [*train_cached_head, CTNoiseMapsd("image", maps_key=maps, intensity=self.plan["intensity"])] if maps else train_cached_head
         # Rician σ is a fraction of the scan's robust max, taken on the whole scan: a patch of
         # background or dim tissue has a far smaller one of its own, and patches drawn with it
         # got almost no noise where the scan has the most visible (the Rayleigh floor of the
