@@ -363,6 +363,16 @@ def _check_range(name: str, lo_hi: Sequence[float], low: float = 0.0, high: floa
     return lo, hi
 
 
+
+def in_plane_spacing(value: Any) -> tuple[float, float] | None:
+    """The (x, y) pixel spacing in mm from a MetaTensor's affine; None when it has none."""
+    affine = getattr(value, "affine", None)
+    if affine is None:
+        return None
+    a = np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine, dtype=np.float64)
+    sp = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
+    return float(sp[0]), float(sp[1])
+
 class _NoiseBase(RandomizableTransform, MapTransform):
     """Shared key handling: draw a level per call, apply to each key, optionally keep the clean image."""
 
@@ -595,12 +605,10 @@ class RandCTDoseNoised(_NoiseBase):
     def _spacing(self, value: Any) -> tuple[float, float]:
         if self.spacing_mm is not None:
             return self.spacing_mm[0], self.spacing_mm[1]
-        affine = getattr(value, "affine", None)
-        if affine is None:
+        spacing = in_plane_spacing(value)
+        if spacing is None:
             raise ConfigError("CT dose noise needs the pixel spacing: pass spacing_mm or a MetaTensor with an affine")
-        a = np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine, dtype=np.float64)
-        sp = np.sqrt((a[:3, :3] ** 2).sum(axis=0))
-        return float(sp[0]), float(sp[1])
+        return spacing
 
     def _noise(self, array: np.ndarray, data: Mapping[Hashable, Any], key: Hashable) -> np.ndarray:
         params = intensity_params(array, self.intensity) if self.intensity is not None else None

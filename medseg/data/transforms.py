@@ -50,6 +50,8 @@ from monai.transforms import (
     Zoom,
 )
 
+from medseg.data.noise import in_plane_spacing
+from medseg.errors import ConfigError
 from medseg.io import Volume
 
 __all__ = [
@@ -186,9 +188,10 @@ class PadToFieldOfViewd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            affine = np.asarray(img.affine, dtype=np.float64) if isinstance(img, MetaTensor) else np.eye(4)
-            spacing = np.linalg.norm(affine[:3, :3], axis=0)
-            size = [max(int(n), math.ceil(self.fov_mm / float(sp) - 1e-6)) for n, sp in zip(img.shape[1:3], spacing[:2])]
+            spacing = in_plane_spacing(img)
+            if spacing is None:
+                raise ConfigError(f"padding {key!r} to a field of view needs its pixel spacing: a MetaTensor with an affine")
+            size = [max(int(n), math.ceil(self.fov_mm / sp - 1e-6)) for n, sp in zip(img.shape[1:3], spacing)]
             d[key] = SpatialPad([*size, -1], method="symmetric", mode="constant", value=self.value)(img)
         return d
 
@@ -203,8 +206,6 @@ def intensity_transform(plan: dict[str, Any], image_key: str) -> MapTransform:
         )
     if kind == "percentile_zscore":
         return PercentileZScored(keys=image_key, lower=intensity.get("lower", 0.5), upper=intensity.get("upper", 99.5))
-    from medseg.errors import ConfigError
-
     raise ConfigError(f"preprocessing plan: unknown intensity kind {kind!r}; expected 'ct_window' or 'percentile_zscore'")
 
 

@@ -206,7 +206,7 @@ def test_noise_mix_gives_each_patch_one_of_the_models(tmp_path):
     dose adds to the 3 mm scan)."""
     from medseg.config import load_workflow
     from medseg.engine.distributed import DistContext
-    from medseg.engine.tasks.denoising import MAPS_KEY, DenoisingTask
+    from medseg.engine.tasks.denoising import DenoisingTask
 
     raw = {**DENOISE, "noise": {"model": "ct_dose", "dose_range": [0.5, 0.5], "mix_with": ["gaussian"],
                                 "sigma_range": [300, 300], "val_levels": [0.5]},

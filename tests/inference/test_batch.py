@@ -364,29 +364,25 @@ def test_records_agree_with_the_markers_on_disk(batch, trained_ckpt, tmp_path):
     from dataclasses import replace as copy_record
 
     from medseg.inference.manifest import agree_with_markers
+    from medseg.inference.model import load_models
 
+    models = load_models([trained_ckpt], "cpu")
     out = tmp_path / "out"
     shutil.copytree(batch.out_dir, out)
     done = [r for r in batch.records if r.status == "done"]
     assert len(done) == 2
     unrecorded = [copy_record(r, status="pending", outputs={}, uncertainty=None, label_uncertainty={}) for r in done]
-    agree_with_markers(unrecorded, out, batch_models(trained_ckpt))
+    agree_with_markers(unrecorded, out, models)
     assert [(r.status, r.outputs, r.uncertainty, r.label_uncertainty) for r in unrecorded] == [
         ("done", r.outputs, r.uncertainty, r.label_uncertainty) for r in done]
 
     (out / done[0].stem / DONE_MARKER).unlink()
     claimed = [copy_record(r) for r in done]
-    agree_with_markers(claimed, out, batch_models(trained_ckpt))
+    agree_with_markers(claimed, out, models)
     assert [r.status for r in claimed] == ["pending", "done"]
     failed = [copy_record(r, status="failed", reason="x") for r in done]
-    agree_with_markers(failed, out, batch_models(trained_ckpt))
+    agree_with_markers(failed, out, models)
     assert [r.status for r in failed] == ["failed", "failed"]
-
-
-def batch_models(ckpt: Path):
-    from medseg.inference.model import load_models
-
-    return load_models([ckpt], "cpu")
 
 
 def _children(pid: int) -> set[int]:

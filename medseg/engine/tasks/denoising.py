@@ -182,7 +182,7 @@ class DenoisingTask:
         # training scans only (validation scores the scans as they are); network unit 0 is air
         # for both plans: the lowest HU of hu_linear (what a reconstruction holds outside its
         # circle), and 0 of an MR magnitude image
-        train_cached_head = [*cached, PadToFieldOfViewd("image", tcfg.field_of_view_mm, 0.0)] if tcfg.field_of_view_mm else list(cached)
+        train_cached = [*cached, PadToFieldOfViewd("image", tcfg.field_of_view_mm, 0.0)] if tcfg.field_of_view_mm else list(cached)
         # CT dose noise on patches: the per-pixel noise maps of the whole slices (the rays cross
         # the whole body, not the patch) are computed once per scan with the cache and cropped
         # with the image, so a training draw only costs the texture of its patch; computing them
@@ -190,7 +190,7 @@ class DenoisingTask:
         maps = MAPS_KEY if "ct_dose" in (cfg.noise.model, *cfg.noise.mix_with) else None
         keys = ["image", maps] if maps else ["image"]
         # (after the padding: the rays of the dose noise cross the padded air too)
-        train_cached = [*train_cached_head, CTNoiseMapsd("image", maps_key=maps, intensity=self.plan["intensity"])] if maps else train_cached_head
+        train_cached += [CTNoiseMapsd("image", maps_key=maps, intensity=self.plan["intensity"])] if maps else []
         # Rician σ is a fraction of the scan's robust max, taken on the whole scan: a patch of
         # background or dim tissue has a far smaller one of its own, and patches drawn with it
         # got almost no noise where the scan has the most visible (the Rayleigh floor of the
