@@ -33,14 +33,20 @@ How (pixel spacing ``sx, sy``, detector bins ``Δ`` apart, ``t_k = t_0 + kΔ``; 
 
 The ramp filtering itself is `Projector.filter_sinogram` (same kernels and windows).
 
-Determinism: each transform runs on one thread (FINUFFT's multi-threaded spreading adds
-sub-grids in whatever order threads finish, which changes float rounding); several slices
-run in parallel, one per thread.
+Determinism: every FINUFFT plan runs on one thread, and slices are split into chunks that
+run in parallel (a thread pool, `torch.get_num_threads()` workers, one plan each). Why: with
+``nthreads > 1`` FINUFFT's results change in the last bits with the thread count, and its
+spreading sums sub-grids in whatever order threads finish, so two identical calls could
+differ; a one-thread plan gives the same bits for a slice whatever else is in its batch, so
+the output depends neither on the batch nor on the thread count
+(tests/ct/test_fourier_projector.py). FINUFFT's Python binding calls the library through
+ctypes, which releases the GIL, so the chunks do run at the same time.
 """
 
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -145,24 +151,38 @@ class FourierProjector:
             self._cache[key] = torch.from_numpy(getattr(self, name)).to(ctype)
         return self._cache[key]
 
-    def _plan(self, kind: int, n_trans: int, dtype: torch.dtype):
-        """A FINUFFT plan with this geometry's points, kept for reuse (setting points sorts them)."""
+    def _plan(self, kind: int, n_trans: int, dtype: torch.dtype, worker: int):
+        """A one-thread FINUFFT plan with this geometry's points for one worker of `_execute`,
+        kept for reuse (setting the points sorts them)."""
         import finufft
 
-        key = ("plan", kind, n_trans, dtype)
+        key = ("plan", kind, n_trans, dtype, worker)
         if key not in self._cache:
             single = dtype == torch.float32
-            threads = max(1, min(torch.get_num_threads(), n_trans))
-            # one thread per transform, several transforms at once: deterministic (module doc)
-            opts = {"nthreads": threads, "upsampfac": _UPSAMPFAC}
-            if n_trans > 1:
-                opts["spread_thread"] = 2
             plan = finufft.Plan(kind, self.geometry.image_shape, n_trans, eps=_EPS,
-                                isign=-1 if kind == 2 else 1, dtype="complex64" if single else "complex128", **opts)
+                                isign=-1 if kind == 2 else 1, dtype="complex64" if single else "complex128",
+                                nthreads=1, upsampfac=_UPSAMPFAC)
             real = np.float32 if single else np.float64
             plan.setpts(self._x.astype(real), self._y.astype(real))
             self._cache[key] = plan
         return self._cache[key]
+
+    def _execute(self, kind: int, data: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+        """Type-`kind` NUFFTs of ``data`` (one transform per row of axis 0), the rows split
+        into chunks run in parallel on one-thread plans (module doc: determinism)."""
+        z = data.shape[0]
+        workers = max(1, min(torch.get_num_threads(), z))
+        bounds = np.linspace(0, z, workers + 1).round().astype(int)
+
+        def run(k: int) -> np.ndarray:
+            part = np.ascontiguousarray(data[bounds[k]:bounds[k + 1]])
+            out = self._plan(kind, len(part), dtype, k).execute(part if len(part) > 1 else part[0])
+            return np.asarray(out).reshape(len(part), -1)
+
+        if workers == 1:
+            return run(0)
+        with ThreadPoolExecutor(workers) as pool:
+            return np.concatenate(list(pool.map(run, range(workers))))
 
     @staticmethod
     def _cpu_real(t: torch.Tensor) -> torch.Tensor:
@@ -182,10 +202,9 @@ class FourierProjector:
         x = self._cpu_real(x)
         g = self.geometry
         z = x.shape[0]
-        plan = self._plan(2, z, x.dtype)
         ctype = np.complex64 if x.dtype == torch.float32 else np.complex128
-        spec = plan.execute(np.ascontiguousarray(x.numpy(), dtype=ctype))
-        spec = torch.from_numpy(np.asarray(spec)).reshape(z, g.views, self.n_freq) * self._weights("_fwd_weight", x.dtype)
+        spec = self._execute(2, x.numpy().astype(ctype), x.dtype)
+        spec = torch.from_numpy(spec).reshape(z, g.views, self.n_freq) * self._weights("_fwd_weight", x.dtype)
         # fold n ∈ [−K·P, K·P] onto n mod P (the spectrum of the sampled view). Negative n are
         # the conjugates of positive n (the projection is real), so they add the same real
         # part: p = 2·Re(ifft(Σ_{n ≥ 0} …)) with the DC term weighted ½ (in _fwd_weight)
@@ -216,8 +235,7 @@ class FourierProjector:
         else:
             spec = spec[..., : self.n_freq]
         strengths = (spec * self._weights("_bp_weight", q.dtype)).reshape(z, -1).contiguous()
-        plan = self._plan(1, z, q.dtype)
-        img = np.asarray(plan.execute(strengths.numpy())).reshape(z, *g.image_shape).real
+        img = self._execute(1, strengths.numpy(), q.dtype).reshape(z, *g.image_shape).real
         return torch.from_numpy(np.ascontiguousarray(img)).to(device)
 
     def fbp(self, sino: torch.Tensor, filter: str = "ram-lak") -> torch.Tensor:
