@@ -115,6 +115,13 @@ class LowDoseSimulationConfig(_Strict):
     electronic_noise_std: float | None = Field(None, ge=0, description="Electronic noise std in photons; null = the simulator's default.")
     views: int | None = Field(None, ge=16, description="Projection angles; null = the simulator's default (720 parallel views).")
     geometry: Literal["parallel", "fan"] = Field("parallel", description="Beam geometry of the simulation.")
+    texture_targets: bool = Field(
+        False,
+        description="First give each normal-dose case the noise of a full-dose scan at photons_per_ray (a dose-0.5 insertion, "
+        "whose added variance is that of a full-dose scan), use that as the target and simulate the lower doses from it. "
+        "For training CT whose own noise is far below that of the scans to enhance (thick or smoothly reconstructed slices): "
+        "the targets, and so the critic's idea of a real image, then carry a normal-dose noise texture.",
+    )
 
     @model_validator(mode="after")
     def _doses(self) -> LowDoseSimulationConfig:

@@ -136,3 +136,25 @@ def test_content_only_variant_is_a_critic_free_denoising_checkpoint(tmp_path):
     assert "train_critic" not in rows[0] and math.isfinite(rows[-1]["val_psnr_db"])
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt", expected_task="denoising")
     assert ckpt.model["name"] == "redcnn" and set(ckpt.training_state["optimizers"]) == {"generator"}
+
+
+def test_texture_targets_carry_full_dose_noise_and_the_low_doses_are_simulated_from_them():
+    from medseg.config import load_workflow
+    from medseg.engine.tasks.gan import build_pairs
+
+    base = copy.deepcopy(GAN)
+    base["data"]["training"][0]["slices"] = [44, 47]
+    base["simulation"] |= {"doses_per_case": 1, "dose_range": [0.2, 0.2]}
+    plain = build_pairs(load_workflow(base), "training")[0]
+    textured = build_pairs(load_workflow(base, ["simulation.texture_targets=true"]), "training")[0]
+    body = plain["target"][0] > (-300 + 1024) / 4095  # network units of -1024..3071 HU
+    added = (textured["target"] - plain["target"])[0][body] * 4095  # HU
+    inserted = (plain["image"][0] - plain["target"][0])[body] * 4095
+    # a full-dose scan's variance is 1 unit of 1/d - 1 (= 4 units at d = 0.2) in the same rays
+    ratio = float(added.var() / (inserted.var() / 4))
+    assert 0.8 < ratio < 1.25, ratio
+    # the low-dose copy is simulated from the noisy target: it adds 4 units on top of it
+    on_top = float(((textured["image"][0] - textured["target"][0])[body] * 4095).var() / inserted.var())
+    assert 0.85 < on_top < 1.2, on_top
+    assert textured["doses"] == plain["doses"]
+

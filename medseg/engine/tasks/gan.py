@@ -3,7 +3,9 @@
 Data (`medseg.config.gan_schema`): simulated pairs — each normal-dose training volume (RAS,
 native grid, optional slice range) gets ``simulation.doses_per_case`` lower-dose copies made
 once, at task start, by `medseg.ct.low_dose.simulate_low_dose` (one seed per case and dose,
-from the workflow seed), kept in memory in network units; or real pairs from
+from the workflow seed), kept in memory in network units (with ``simulation.texture_targets``
+the target itself first gets a full-dose scan's noise and the lower doses are simulated from
+it); or real pairs from
 `medseg.data.ldct_pairs`. A training item is a list of ``patches_per_case`` patches: a random
 in-plane crop of ``2k+1`` neighbouring low-dose slices of one random dose copy (input) and the
 full-dose centre slice (target).
@@ -140,6 +142,11 @@ def build_pairs(cfg: GanWorkflow, role: str) -> list[dict[str, Any]]:
     doses = sim.training_doses() if role == "training" else list(sim.val_doses)
     for i, case in enumerate(_simulated_split(cfg)[0 if role == "training" else 1]):
         hu, spacing = _load_ct(case)
+        if sim.texture_targets:
+            # inserted variance ∝ 1/d − 1 = 1 at d = 0.5: that of a full-dose scan at this I0
+            hu = simulate_low_dose(hu, spacing, dose_fraction=0.5, seed=_seed(cfg.seed, role == "training", i, -1),
+                                   **sim.simulator_kwargs())
+            log.info("gave %s the noise of a full-dose scan (simulation.texture_targets)", case["name"])
         copies = []
         for j, dose in enumerate(doses):
             copies.append(simulate_low_dose(hu, spacing, dose_fraction=float(dose), seed=_seed(cfg.seed, role == "training", i, j),
