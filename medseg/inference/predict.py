@@ -388,21 +388,37 @@ def finish_segmentation(
     """Steps 4–5 of `segment_volume`: labels on `volume`'s grid, post-processing, uncertainty.
 
     Needs no network (`segment_batch` runs it in the export stage). `network` comes from
-    `run_models`; its probabilities are not modified.
+    `run_models`; its probabilities are not modified. The same as `labels_from_network`
+    followed by `add_uncertainty` (the batch's export stage runs the two apart, so that the
+    DICOM SEG, which needs the labels only, starts before the uncertainty work).
 
     The result's meta carries ``uncertainty_scores`` (label name → the label's boundary
     entropy, `medseg.inference.uncertainty.LabelUncertainty.score`), ``uncertainty_labels``
     (their full records), ``uncertainty_series`` (`series_score`) and, with
     ``options.uncertainty``, ``uncertainty``: the normalised entropy map on `volume`'s grid.
     """
-    from medseg.inference.uncertainty import label_scores, normalised_entropy, series_score
+    result = labels_from_network(volume, network, models, options, progress)
+    add_uncertainty(result, network, models, options)
+    return result
 
+
+def labels_from_network(
+    volume: Volume,
+    network: NetworkResult,
+    models: list[LoadedModel],
+    options: InferenceOptions | None = None,
+    progress: ProgressFn | None = None,
+) -> Volume:
+    """Step 4 of `segment_volume`: the label map on `volume`'s grid, post-processed.
+
+    The result's meta names the labels, models and options (and holds the probabilities on
+    the original grid with ``options.probabilities``); `add_uncertainty` adds the rest.
+    """
     options = options or InferenceOptions()
     report = progress or (lambda stage, done, total: None)
-    probabilities, affine = network.probabilities, network.affine
     labels, probs_orig = labels_on_grid(
-        probabilities,
-        affine,
+        network.probabilities,
+        network.affine,
         volume.affine,
         volume.shape,
         models[0].channel_values,
@@ -419,25 +435,41 @@ def finish_segmentation(
         if options.fill_holes:
             labels = fill_holes(labels, in_place=True)
         report("postprocess", 1, 1)
-
-    entropy = normalised_entropy(probabilities)
-    mutual_info = (entropy - network.expected_entropy).clamp_(min=0.0) if network.expected_entropy is not None else None
-    scores = label_scores(probabilities, models[0].channel_values, entropy=entropy, mutual_info=mutual_info)
-    names = dict(models[0].labels)
     meta = {
         "kind": "labels",
-        "label_names": names,
+        "label_names": dict(models[0].labels),
         "models": [{"path": str(m.path), "fingerprint": m.fingerprint} for m in models],
         "inference_options": {k: v for k, v in options.__dict__.items()},
-        "uncertainty_scores": {names.get(v, f"label {v}"): round(s.score, 6) for v, s in sorted(scores.items())},
-        "uncertainty_labels": {names.get(v, f"label {v}"): s.as_dict() for v, s in sorted(scores.items())},
-        "uncertainty_series": round(series_score(scores), 6),
     }
     result = Volume(labels, volume.affine.copy(), {**_source_meta(volume), **meta})
     if probs_orig is not None:
         result.meta["probabilities"] = probs_orig
+    return result
+
+
+def add_uncertainty(
+    result: Volume,
+    network: NetworkResult,
+    models: list[LoadedModel],
+    options: InferenceOptions | None = None,
+) -> Volume:
+    """Step 5 of `segment_volume`: the uncertainty scores (and map) of `labels_from_network`'s
+    result, added to its meta (in place; returned). Reads the network's probabilities only."""
+    from medseg.inference.uncertainty import label_scores, normalised_entropy, series_score
+
+    options = options or InferenceOptions()
+    probabilities = network.probabilities
+    entropy = normalised_entropy(probabilities)
+    mutual_info = (entropy - network.expected_entropy).clamp_(min=0.0) if network.expected_entropy is not None else None
+    scores = label_scores(probabilities, models[0].channel_values, entropy=entropy, mutual_info=mutual_info)
+    names = result.meta["label_names"]
+    result.meta |= {
+        "uncertainty_scores": {names.get(v, f"label {v}"): round(s.score, 6) for v, s in sorted(scores.items())},
+        "uncertainty_labels": {names.get(v, f"label {v}"): s.as_dict() for v, s in sorted(scores.items())},
+        "uncertainty_series": round(series_score(scores), 6),
+    }
     if options.uncertainty:
-        result.meta["uncertainty"] = map_on_grid(entropy, affine, volume.affine, volume.shape)
+        result.meta["uncertainty"] = map_on_grid(entropy, network.affine, result.affine, result.shape)
     return result
 
 

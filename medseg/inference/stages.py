@@ -95,15 +95,19 @@ def export_stage(
     t0 = time.perf_counter()
     source = volume.unpack()
     task = models[0].task
+    before_rest = None
     if task == "segmentation":
-        from medseg.inference.predict import finish_segmentation
+        from medseg.inference.predict import add_uncertainty, labels_from_network
 
-        result = finish_segmentation(source, network_output, models, options.inference)
+        result = labels_from_network(source, network_output, models, options.inference)
+        # the uncertainty scores feed the volumes CSV and the manifest only: they run beside
+        # the DICOM SEG (the export's longest writer), which needs the labels alone
+        before_rest = lambda: add_uncertainty(result, network_output, models, options.inference)  # noqa: E731
     else:
         result = network_output.unpack()
     t1 = time.perf_counter()
     ctx = OutputContext(source, result, record, models, options, series_dir)
-    outputs = write_outputs(ctx, task)
+    outputs = write_outputs(ctx, task, before_rest=before_rest)
     return {
         "outputs": outputs,
         "volumes": ctx.stats,

@@ -170,7 +170,13 @@ def _run_writers(ctx: OutputContext, writers: list[tuple[str, Writer]]) -> dict[
     return done
 
 
-def write_outputs(ctx: OutputContext, task: str, *, concurrent: bool = True) -> dict[str, str]:
+def write_outputs(
+    ctx: OutputContext,
+    task: str,
+    *,
+    concurrent: bool = True,
+    before_rest: Callable[[], object] | None = None,
+) -> dict[str, str]:
     """Run the writers of `task` on one series (each writes its own file, atomically).
 
     With `concurrent`, the Python-bound writers (`PYTHON_BOUND`: the DICOM SEG, RTSTRUCT and
@@ -179,12 +185,17 @@ def write_outputs(ctx: OutputContext, task: str, *, concurrent: bool = True) -> 
     finish under the SEG's time instead of after it. The files do not depend on it (each
     writer reads the same inputs and writes its own file; tests compare both ways).
 
+    `before_rest` (optional) runs in this thread before the writers of this thread, and with
+    `concurrent` after the Python-bound ones have started: work that only those writers need
+    (segmentation: the uncertainty scores of the volumes CSV and the uncertainty map), which
+    then runs beside the DICOM SEG instead of before it. No Python-bound writer may need it.
+
     Returns:
         output kind → file (or folder) name inside the series folder, in `WRITERS` order.
 
     Raises:
-        The first writer's error in `WRITERS` order, after every writer of the other group has
-        finished (nothing is left half-running).
+        `before_rest`'s error, or the first writer's error in `WRITERS` order, after every
+        writer of the other group has finished (nothing is left half-running).
     """
     writers = WRITERS[task]
     side = [w for w in writers if w[0] in PYTHON_BOUND]
@@ -194,9 +205,17 @@ def write_outputs(ctx: OutputContext, task: str, *, concurrent: bool = True) -> 
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-writer") as pool:
             future = pool.submit(_run_writers, ctx, side)
+            try:
+                if before_rest is not None:
+                    before_rest()
+            except BaseException:
+                future.result()  # the side writers finish (their own errors are secondary)
+                raise
             done = _run_writers(ctx, here)
             done |= future.result()
     else:
+        if before_rest is not None:
+            before_rest()
         done = _run_writers(ctx, writers)
     outputs: dict[str, str] = {}
     for kind, _ in writers:

@@ -174,6 +174,58 @@ def test_writers_side_by_side_write_what_they_write_one_after_the_other(batch, d
             assert (res.out_dir / rec.stem / name).read_bytes() == (ref / name).read_bytes(), name
 
 
+def test_work_before_the_rest_runs_beside_the_python_bound_writers(tmp_path, monkeypatch):
+    """`write_outputs(before_rest=...)`: the Python-bound group (the SEG's) has started when the
+    work runs, this thread's writers see its result, and its error is raised only after the
+    other group finished (nothing left half-running). One after the other, it runs first."""
+    import threading
+
+    from medseg.inference import writers
+
+    seg_started, seg_may_end = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def seg(ctx):
+        seg_started.set()
+        assert seg_may_end.wait(10)
+        order.append("seg")
+        return "seg.dcm"
+
+    def csv_writer(ctx):
+        order.append(f"csv:{ctx.stats}")
+        return "volumes.csv"
+
+    monkeypatch.setitem(writers.WRITERS, "toy", [("volumes", csv_writer), ("dicom_seg", seg)])
+
+    def work():
+        assert seg_started.wait(10)  # the side group is running already
+        order.append("work")
+        ctx.stats.append("scores")
+
+    ctx = writers.OutputContext(None, None, None, [], None, tmp_path)  # the toy writers read none of it
+    threading.Timer(0.2, seg_may_end.set).start()
+    assert writers.write_outputs(ctx, "toy", before_rest=work) == {"volumes": "volumes.csv", "dicom_seg": "seg.dcm"}
+    assert order[:2] == ["work", "csv:['scores']"] and "seg" in order
+
+    # one after the other: the work first, then every writer in order
+    seg_started.set()
+    order.clear(), ctx.stats.clear()
+    assert writers.write_outputs(ctx, "toy", concurrent=False, before_rest=lambda: order.append("work"))
+    assert order == ["work", "csv:[]", "seg"]
+
+    # the work fails: the SEG still finishes, then the work's error comes out
+    seg_started.clear(), seg_may_end.clear(), order.clear()
+
+    def failing():
+        assert seg_started.wait(10)
+        seg_may_end.set()
+        raise RuntimeError("no scores")
+
+    with pytest.raises(RuntimeError, match="no scores"):
+        writers.write_outputs(ctx, "toy", before_rest=failing)
+    assert order == ["seg"]
+
+
 def test_thread_count_is_recorded_and_a_resume_with_another_keeps_the_series(batch, dicom_tree, trained_ckpt, tmp_path, caplog):
     """On CPU the network's thread count is part of its arithmetic: the manifest and every done
     marker record it; a re-run with another count keeps the finished series and says so."""

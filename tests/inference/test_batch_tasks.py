@@ -58,6 +58,14 @@ def test_segmentation_writes_rtstruct_labelmap_seg_and_uncertainty(ct_tree, trai
     assert float(rows[0]["uncertainty"]) == pytest.approx(row["label_uncertainty"]["liver"])
     done = json.loads((d / "done.json").read_text())
     assert done["uncertainty"]["liver"]["boundary_mutual_information"] is not None  # TTA members
+    # the batch computes the uncertainty beside the SEG writer; in one call it is the same
+    from medseg.inference import load_models, segment_volume
+
+    alone = segment_volume(source, load_models([trained_ckpt], "cpu"), opts.inference)
+    np.testing.assert_array_equal(alone.array, labels)
+    assert alone.meta["uncertainty_scores"] == row["label_uncertainty"]
+    assert alone.meta["uncertainty_series"] == row["uncertainty"]
+    np.testing.assert_array_equal(alone.meta["uncertainty"], unc)
 
 
 def _image_ckpt(path: Path) -> Path:
