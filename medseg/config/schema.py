@@ -487,6 +487,13 @@ class NoiseConfig(_Strict):
         "[model, *mix_with] with equal probability (blind over noise kinds too: a user's scan may carry either). "
         "Validation uses `model` only.",
     )
+    acquisition_noise: float | None = Field(
+        None, gt=0, lt=1,
+        description="rician: sigma (fraction of the scan's P99.5) of Rician noise given once, before training, to training "
+        "scans with a masked background (at least 20 % of voxels exactly 0: templates, skull-stripped or masked scans), "
+        "which lack the Rayleigh floor of an acquired magnitude image; trained on them as they are, the network outputs 0 "
+        "where a real scan's background is its floor (medseg.data.noise.AcquisitionNoised). null: scans as they are.",
+    )
     val_levels: list[float] | None = Field(
         None,
         description="Levels of validation, in the model's level units (sigma / fraction / dose fraction); each validation "
@@ -498,6 +505,8 @@ class NoiseConfig(_Strict):
         models = [self.model, *self.mix_with]
         if len(set(models)) != len(models):
             raise ValueError(f"noise.mix_with must name other models than noise.model, each once; got {models}")
+        if self.acquisition_noise is not None and "rician" not in models:
+            raise ValueError(f"noise.acquisition_noise is for MR magnitude scans (the rician model); the models here are {models}")
         return self
 
     def level_range(self, model: str | None = None) -> tuple[float, float]:

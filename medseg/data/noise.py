@@ -52,6 +52,7 @@ from medseg.errors import ConfigError
 
 __all__ = [
     "MU_WATER_PER_MM",
+    "AcquisitionNoised",
     "RandCTDoseNoised",
     "RandGaussianNoiseRanged",
     "RandRicianNoiseRanged",
@@ -61,6 +62,7 @@ __all__ = [
     "add_gaussian_noise",
     "add_rician_noise",
     "build_noise_transform",
+    "has_masked_background",
     "ct_noise_maps",
     "ct_noise_std_hu",
     "ramp_texture_noise",
@@ -526,6 +528,55 @@ class RobustMaxd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[self.reference_key] = robust_max(_to_numpy(d[key]))
+        return d
+
+
+def has_masked_background(image: np.ndarray, min_zero_fraction: float = 0.2) -> bool:
+    """Whether at least ``min_zero_fraction`` of the voxels are exactly 0.
+
+    An acquired magnitude image is exactly 0 almost nowhere (its background is a Rayleigh floor);
+    a template (an average of many registered scans) or a skull-stripped / masked scan is 0 over
+    the whole region outside the mask.
+    """
+    x = np.asarray(image)
+    return bool(x.size) and float(np.count_nonzero(x == 0)) >= min_zero_fraction * x.size
+
+
+class AcquisitionNoised(MapTransform):
+    """Deterministic: give a scan with a masked background the Rician noise of an acquisition.
+
+    Templates and masked scans hold exactly 0 outside their mask and carry almost no noise, while
+    every acquired magnitude image has a Rayleigh floor in its background (mean σ₀·√(π/2)). A
+    denoiser trained with such a scan as its clean target learns to output 0 there; on a real
+    scan the clean reference is its own floor, and that bias costs far more SSIM than noise does
+    (SSIM's luminance term in a dark region is ``(2μₓμᵧ + C₁)/(μₓ² + μᵧ² + C₁)``, 0.5 for an
+    output of 0 against a floor of ~C₁^½). This transform makes the scan look acquired:
+    `add_rician_noise` with σ₀ = ``fraction`` × `robust_max` of the scan, everywhere, once.
+
+    Only scans for which `has_masked_background` holds are changed; the others carry their own
+    floor already. The realisation is fixed per scan (seeded by ``seed`` and a CRC of its voxels),
+    as one acquisition would be, so a cached dataset gives the same target every epoch and run.
+
+    Put it before the intensity plan, on the scan's own grid (resampling would smooth the noise).
+    """
+
+    def __init__(self, keys: KeysCollection, fraction: float, seed: int = 0, min_zero_fraction: float = 0.2,
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if not 0 < fraction < 1:
+            raise ConfigError(f"acquisition noise fraction must be in (0, 1), got {fraction}")
+        self.fraction, self.seed, self.min_zero_fraction = float(fraction), int(seed), float(min_zero_fraction)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        import zlib
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = np.ascontiguousarray(_to_numpy(d[key]), dtype=np.float32)
+            if not has_masked_background(x, self.min_zero_fraction):
+                continue
+            rng = np.random.default_rng([self.seed, zlib.crc32(x.tobytes())])
+            d[key] = _like(add_rician_noise(x, self.fraction * robust_max(x), rng), d[key])
         return d
 
 

@@ -258,3 +258,25 @@ def test_ct_dose_noise_defaults_give_clinical_noise_levels(ct_slice):
     full = ct_noise_std_hu(hu, spacing[:2], photons_per_ray=i0, dose_fraction=0.5, electronic_sigma=10.0)
     assert 15 < np.median(quarter[soft]) < 35
     assert 8 < np.median(full[soft]) < 20
+
+
+def test_acquisition_noise_gives_a_masked_template_the_floor_of_a_real_scan(mr):
+    """`AcquisitionNoised` on nilearn's MNI152 T1 (exactly 0 outside the head): afterwards its
+    background is a Rayleigh floor of σ₀ = fraction × its robust max, the same every call; a real
+    scan, which has a floor of its own, is left as it is."""
+    from medseg.data.noise import AcquisitionNoised, has_masked_background
+
+    template = load_volume(sample_path("mni152_t1")).array.astype(np.float32)
+    assert has_masked_background(template) and not has_masked_background(mr)
+    t = AcquisitionNoised("image", 0.01, seed=0)
+    out = t({"image": template[None]})["image"][0]
+    sigma = 0.01 * robust_max(template)
+    background = template == 0
+    assert np.count_nonzero(out == 0) == 0
+    assert out[background].mean() == pytest.approx(sigma * math.sqrt(math.pi / 2), rel=0.02)
+    assert np.sqrt(np.mean(out[background] ** 2) / 2) == pytest.approx(sigma, rel=0.02)
+    np.testing.assert_array_equal(out, t({"image": template[None]})["image"][0])
+    assert not np.array_equal(out, AcquisitionNoised("image", 0.01, seed=1)({"image": template[None]})["image"][0])
+    np.testing.assert_array_equal(t({"image": mr[None]})["image"][0], mr)
+    with pytest.raises(ConfigError, match="fraction"):
+        AcquisitionNoised("image", 1.5)

@@ -287,3 +287,28 @@ def test_field_of_view_pads_the_training_scans_with_air_only(tmp_path):
     maps = cached[MAPS_KEY]
     assert tuple(maps.shape[1:3]) == (167, 167)
     assert tuple(task.val_dataset[0]["image"].shape[1:3]) == (122, 101)
+
+
+def test_acquisition_noise_reaches_the_template_targets_only(tmp_path):
+    """`noise.acquisition_noise`: the template's training targets carry an acquisition's Rayleigh
+    floor where the template is 0; validation scores the scan as it is; a CT workflow cannot ask for it."""
+    from medseg.config import load_workflow
+    from medseg.engine.distributed import DistContext
+    from medseg.engine.tasks.denoising import DenoisingTask
+    from medseg.errors import ConfigError
+    from monai.data.utils import set_rnd
+
+    raw = {**DENOISE, "preprocessing": {"modality": "MR"},
+           "noise": {"model": "rician", "fraction_range": [0.05, 0.05], "val_levels": [0.05], "acquisition_noise": 0.01},
+           "data": {"training": [{"image": "sample:mni152_t1", "name": "mni152"}],
+                    "validation": [{"image": "sample:mni152_t1", "name": "mni152"}]}}
+    cfg = load_workflow(raw, [f"output.dir={tmp_path}"])
+    task = DenoisingTask(cfg, DistContext(0, 1, 0, torch.device("cpu")))
+    set_rnd(task.train_dataset, 0)
+    targets = np.concatenate([p["target"][0].numpy().ravel() for _ in range(3) for p in task.train_dataset[0]])
+    assert np.count_nonzero(targets == 0) == 0
+    # network units are the floored scan's P99.5; the floor sits near 1 % of it (√(π/2)·σ₀)
+    assert 0.005 < np.median(targets[targets < 0.05]) < 0.03
+    assert np.count_nonzero(np.asarray(task.val_dataset[0]["image"]) == 0) > 0.5 * np.asarray(task.val_dataset[0]["image"]).size
+    with pytest.raises(ConfigError, match="acquisition_noise"):
+        load_workflow({**DENOISE, "noise": {"model": "gaussian", "acquisition_noise": 0.01}})

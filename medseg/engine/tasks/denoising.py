@@ -38,7 +38,7 @@ from medseg.checkpoint import Checkpoint, current_versions
 from medseg.config import DenoisingWorkflow
 from medseg.data.datasets import resolve_cases
 from medseg.data.intensity import intensity_params, to_network_units
-from medseg.data.noise import CTNoiseMapsd, RobustMaxd, build_noise_transform
+from medseg.data.noise import AcquisitionNoised, CTNoiseMapsd, RobustMaxd, build_noise_transform
 from medseg.data.transforms import LoadCased, PadToFieldOfViewd, RandInPlaneZoomd
 from medseg.engine.distributed import DistContext
 from medseg.engine.optimization import Precision, backward_step, warmup_cosine
@@ -183,6 +183,10 @@ class DenoisingTask:
         # for both plans: the lowest HU of hu_linear (what a reconstruction holds outside its
         # circle), and 0 of an MR magnitude image
         train_cached = [*cached, PadToFieldOfViewd("image", tcfg.field_of_view_mm, 0.0)] if tcfg.field_of_view_mm else list(cached)
+        # templates and masked MR scans get the Rayleigh floor of an acquisition, on their own grid
+        # (right after loading); validation scores the scans as they are
+        if cfg.noise.acquisition_noise is not None:
+            train_cached.insert(1, AcquisitionNoised("image", cfg.noise.acquisition_noise, seed=cfg.seed))
         # CT dose noise on patches: the per-pixel noise maps of the whole slices (the rays cross
         # the whole body, not the patch) are computed once per scan with the cache and cropped
         # with the image, so a training draw only costs the texture of its patch; computing them
