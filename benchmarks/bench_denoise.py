@@ -107,11 +107,26 @@ class _Network:
         self.net.eval()
         self.torch = torch
 
-    def __call__(self, noisy: np.ndarray, zs: list[int]) -> np.ndarray:
-        from medseg.data.intensity import from_network_units, intensity_params, to_network_units
+    def __call__(self, noisy: np.ndarray, zs: list[int], tta: bool = False) -> np.ndarray:
+        """The denoised slices ``zs``; ``tta``: the mean over mirrored copies as `medseg enhance --tta`
+        (`medseg.inference.image.image_flips`; the array is RAS (X, Y, Z) as predict_image's)."""
+        from medseg.data.intensity import from_network_units, intensity_params
+        from medseg.inference.image import image_flips
+
+        params = intensity_params(noisy, self.ckpt.preprocessing["intensity"])
+        flips = image_flips(int(self.ckpt.inference.get("spatial_dims", 2)), tta)
+        total = 0.0
+        for axes in flips:
+            mirrored = np.ascontiguousarray(np.flip(noisy, axes)) if axes else noisy
+            z_run = [noisy.shape[2] - 1 - z for z in zs] if 2 in axes else zs
+            out = self._once(mirrored, z_run, params)
+            total = total + (np.flip(out, tuple(a for a in axes if a != 2)) if axes else out)
+        return from_network_units(total / len(flips), params)
+
+    def _once(self, noisy: np.ndarray, zs: list[int], params: dict[str, Any]) -> np.ndarray:
+        from medseg.data.intensity import to_network_units
 
         torch = self.torch
-        params = intensity_params(noisy, self.ckpt.preprocessing["intensity"])
         x = to_network_units(noisy, params).astype(np.float32)
         inf = self.ckpt.inference
         out = np.empty((*noisy.shape[:2], len(zs)), dtype=np.float64)
@@ -130,7 +145,7 @@ class _Network:
                     idx = np.clip(np.arange(z - k, z + k + 1), 0, x.shape[2] - 1)
                     t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x[:, :, idx], -1, 0)))[None]
                     out[:, :, i] = self.net(t)[0, 0].numpy()
-        return from_network_units(out, params)
+        return out
 
 
 def _train(modality: str, seed: int, out: Path, extra: list[str]) -> Path:
@@ -184,6 +199,7 @@ def main() -> None:
                     help="noise models BM3D runs for (default all)")
     ap.add_argument("--methods", nargs="+", help="compute only these methods now (e.g. dae; the others come from rows.jsonl)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tta", action="store_true", help="also score the DAE with flip TTA (method dae_tta, as medseg enhance --tta)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     seeds = [args.seeds[0]] if args.quick else args.seeds
@@ -234,7 +250,7 @@ def main() -> None:
             for seed in seeds:
                 methods = ["noisy", "gaussian", "nlm", "nlm_true_sigma"]
                 methods += ["bm3d_true_sigma", "bm3d_est_sigma"] if use_bm3d and seed in args.bm3d_seeds and model in args.bm3d_noise else []
-                methods += ["dae"] if (scan_key, seed) in networks else []
+                methods += ["dae", *(["dae_tta"] if args.tta else [])] if (scan_key, seed) in networks else []
                 methods = [m for m in methods if args.methods is None or m in args.methods]
                 title = f"{name} z{centre} · {model} {level:g} ({level_units}) · seed {seed}"
                 panel_path = args.out / "panels" / f"{scan_key}_{model}_{level:g}.png"
@@ -265,7 +281,7 @@ def main() -> None:
                     elif method == "bm3d_est_sigma":
                         out = bm3d_denoise(noisy[:, :, z_run])
                     else:
-                        out = networks[(scan_key, seed)](noisy, z_run)
+                        out = networks[(scan_key, seed)](noisy, z_run, tta=method == "dae_tta")
                     per_slice = (time.perf_counter() - t0) / len(z_run) if method != "noisy" else None
                     # CPU seconds of all threads: on a shared machine wall time says little
                     cpu_per_slice = (time.process_time() - c0) / len(z_run)
@@ -311,11 +327,12 @@ def _print_tables(rows: list[DenoiseRow], labels: dict[tuple[str, float], str], 
         v = [getattr(r, key) for r in subset if r.noise_model == model and r.level == level and r.method == method]
         return (float(np.mean(v)), float(np.std(v)), len(v)) if v else (math.nan, math.nan, 0)
 
-    methods = [m for m in ("noisy", "gaussian", "nlm", "nlm_true_sigma", "dae") if any(r.method == m for r in slab)]
+    methods = [m for m in ("noisy", "gaussian", "nlm", "nlm_true_sigma", "dae", "dae_tta") if any(r.method == m for r in slab)]
+    daes = [m for m in ("dae", "dae_tta") if m in methods]
     keys = list(dict.fromkeys((r.noise_model, r.level) for r in slab))
     print(f"\n### per volume (evenly spaced slices), PSNR dB / SSIM, mean ± sd over seeds {seeds}\n")
-    print("| scan · noise · level | " + " | ".join(methods) + " | DAE − NLM |")
-    print("| --- | " + " | ".join("---:" for _ in methods) + " | ---: |")
+    print("| scan · noise · level | " + " | ".join(methods) + "".join(f" | {m} − nlm" for m in daes) + " |")
+    print("| --- | " + " | ".join("---:" for _ in methods) + " | ---:" * len(daes) + " |")
     for model, level in keys:
         scan = next(r.case for r in slab if r.noise_model == model).split(" ")[0]
         cells = []
@@ -323,12 +340,14 @@ def _print_tables(rows: list[DenoiseRow], labels: dict[tuple[str, float], str], 
             p, ps, _ = stats(slab, model, level, m, "psnr_db")
             q, qs, _ = stats(slab, model, level, m, "ssim")
             cells.append(f"{p:.2f} ± {ps:.2f} / {q:.4f}" if not math.isnan(p) else "")
-        d = stats(slab, model, level, "dae", "psnr_db")[0] - stats(slab, model, level, "nlm", "psnr_db")[0]
-        ds = stats(slab, model, level, "dae", "ssim")[0] - stats(slab, model, level, "nlm", "ssim")[0]
-        margin = f"{d:+.2f} dB / {ds:+.4f}" if not math.isnan(d) else ""
-        print(f"| {scan} · {model} · {labels.get((model, level), level)} | " + " | ".join(cells) + f" | {margin} |")
+        margins = []
+        for m in daes:
+            d = stats(slab, model, level, m, "psnr_db")[0] - stats(slab, model, level, "nlm", "psnr_db")[0]
+            ds = stats(slab, model, level, m, "ssim")[0] - stats(slab, model, level, "nlm", "ssim")[0]
+            margins.append(f"{d:+.2f} dB / {ds:+.4f}" if not math.isnan(d) else "")
+        print(f"| {scan} · {model} · {labels.get((model, level), level)} | " + " | ".join(cells) + "".join(f" | {m}" for m in margins) + " |")
 
-    bm = [m for m in ("nlm", "bm3d_est_sigma", "bm3d_true_sigma", "dae") if any(r.method == m for r in centre)]
+    bm = [m for m in ("nlm", "bm3d_est_sigma", "bm3d_true_sigma", "dae", "dae_tta") if any(r.method == m for r in centre)]
     if "bm3d_est_sigma" in bm or "bm3d_true_sigma" in bm:
         bm3d_seeds = sorted({r.seed for r in centre if r.method.startswith("bm3d")})
         print(f"\n### centre slice, PSNR dB / SSIM (seeds {bm3d_seeds}: those BM3D ran for)\n")
@@ -347,7 +366,7 @@ def _print_tables(rows: list[DenoiseRow], labels: dict[tuple[str, float], str], 
             print(f"| {scan} · {model} · {labels.get((model, level), level)} | " + " | ".join(cells) + " | " + " | ".join(margins) + " |")
 
     print("\n### wall time per slice (median over the runs, s; --threads torch threads; CPU seconds are in the log)\n")
-    for m in ("gaussian", "nlm", "bm3d_est_sigma", "dae"):
+    for m in ("gaussian", "nlm", "bm3d_est_sigma", "dae", "dae_tta"):
         for scan in ("ct_dicom", "brain_mri"):
             t = [r.seconds_per_slice for r in rows if r.method == m and r.case.startswith(scan) and r.seconds_per_slice]
             if t:

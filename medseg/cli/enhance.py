@@ -15,6 +15,7 @@ def register(app: typer.Typer) -> None:
         out_dir: Path = typer.Argument(..., help="Output folder: one sub-folder per series + segment.json/csv."),
         model: Path = typer.Option(..., "--model", "-m", help="Image-to-image checkpoint (.pt, task denoising or gan)."),
         device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+        tta: bool = typer.Option(False, "--tta", help="Mean over mirrored copies (in-plane flips for 2-D models; 4× slower)."),
         modality: list[str] = typer.Option(None, help="Only DICOM series of this modality (repeatable) (default: the model's)."),
         series_regex: str = typer.Option(None, help="Only series whose SeriesDescription matches (case-insensitive)."),
         min_slices: int = typer.Option(1, min=1, help="Skip series with fewer slices."),
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
         if models[0].task == "segmentation":
             raise CheckpointError(f"{model}: a segmentation checkpoint; use `medseg segment` for it")
         opts = BatchOptions(
-            inference=InferenceOptions(device=device),
+            inference=InferenceOptions(device=device, tta=tta),
             modalities=tuple(modality) if modality else None,
             series_regex=series_regex,
             min_slices=min_slices,

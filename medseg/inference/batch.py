@@ -316,7 +316,7 @@ def _run_network(task: str, got: dict[str, Any], models: list[LoadedModel], opti
         return run_models(got["prepared"], models, options.inference, progress)
     from medseg.inference.image import predict_image
 
-    return ShippedVolume(predict_image(got["volume"].unpack(), models[0], progress=progress))
+    return ShippedVolume(predict_image(got["volume"].unpack(), models[0], progress=progress, tta=options.inference.tta))
 
 
 def _fail(rec: SeriesRecord, exc: BaseException, t0: float) -> None:

@@ -16,6 +16,10 @@ grid, ``spacing_mm: None``), so every step is exactly invertible:
      otherwise MONAI's sliding window (Gaussian blending) runs over each batch of slices.
    - 3-D (``spatial_dims: 3``): MONAI's `SlidingWindowInferer` with Gaussian blending over
      ``roi_size`` windows (the whole volume at once when ``roi_size`` is None).
+   - ``tta=True``: the mean of the network over mirrored copies (`image_flips`: in-plane
+     flips for 2-D models, a flip per axis for 3-D ones), each flipped back before the mean.
+     A trained denoiser is not exactly mirror-symmetric, so its errors differ between the
+     copies and part of them averages out (the "self-ensemble" of image restoration).
 4. **Back**: ``v = x · scale + offset``, inverse orientation: float32 on the input's grid.
 
 Non-finite input voxels (NaN/±inf) would spread through every convolution that sees them:
@@ -43,6 +47,18 @@ ProgressFn = Callable[[str, int, int], None]
 
 #: Axial slices per forward pass of a 2-D model when the checkpoint does not say.
 DEFAULT_SLICE_BATCH = 8
+
+
+def image_flips(spatial_dims: int, tta: bool) -> list[tuple[int, ...]]:
+    """The axes of the oriented ``(X, Y, Z)`` array flipped for each pass of `predict_image`.
+
+    Without TTA one pass, unflipped. With TTA, 2-D models: identity, X, Y and both (the four
+    in-plane mirrorings; the slice axis is not a 2-D model's to mirror). 3-D models: identity and
+    a flip per axis, as segmentation's TTA (`medseg.inference.predict`).
+    """
+    if not tta:
+        return [()]
+    return [(), (0,), (1,), (0, 1)] if spatial_dims == 2 else [(), (0,), (1,), (2,)]
 
 
 def _orientation_transforms(affine: np.ndarray, axcodes: str | None) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -100,6 +116,7 @@ def predict_image(
     *,
     device: Any = None,
     progress: ProgressFn | None = None,
+    tta: bool = False,
 ) -> Volume:
     """Apply an image-to-image network (denoiser, low-dose CT generator) to `volume`.
 
@@ -115,6 +132,7 @@ def predict_image(
         device: where to run (a ``torch.device`` or a name); default ``model.device``. The
             network is moved there if it is elsewhere.
         progress: ``progress("infer", done, total)`` after every forward pass.
+        tta: the mean over mirrored copies (`image_flips`; 4 passes instead of 1).
 
     Returns:
         float32 Volume on `volume`'s grid (same shape and affine), in `volume`'s units; its
@@ -127,7 +145,6 @@ def predict_image(
             slices vs input channels, output shape) or its intensity plan is not invertible.
     """
     import torch
-    from monai.inferers import SlidingWindowInferer
 
     from medseg.errors import ConfigError
 
@@ -182,39 +199,24 @@ def predict_image(
 
         values = nib.orientations.apply_orientation(values, forward)
     x = torch.from_numpy(np.ascontiguousarray(to_network_units(values, params), dtype=np.float32))
-    nx, ny, nz = x.shape
     sw_batch = int(inference.get("sw_batch_size", 0) or 0)
 
+    flips = image_flips(spatial_dims, tta)
+
+    def pass_progress(i: int) -> ProgressFn | None:
+        if progress is None or len(flips) == 1:
+            return progress
+        # one bar over all passes: pass i's (done, total) counts after the i passes before it
+        return lambda stage, done, total: progress(stage, i * total + done, len(flips) * total)
+
     with torch.inference_mode():
-        if spatial_dims == 2:
-            out = _predict_slices(network, x, context, roi, overlap, sw_batch or DEFAULT_SLICE_BATCH, dev, progress, where)
-        else:
-            image = x[None, None]
-            if roi is None:
-                y = _forward(network, image.to(dev), where)
-                if progress is not None:
-                    progress("infer", 1, 1)
-            else:
-                roi3 = tuple(int(r) for r in roi)
-                if len(roi3) != 3:
-                    raise CheckpointError(f"{where}: a 3-D model needs a 3-value roi_size, got {list(roi)}")
-                done = [0]
-                total = -(-_n_windows((nx, ny, nz), roi3, overlap) // (sw_batch or 1))
-
-                def run(window: torch.Tensor) -> torch.Tensor:
-                    result = _forward(network, window, where)
-                    done[0] += 1
-                    if progress is not None:
-                        progress("infer", min(done[0], total), total)
-                    return result
-
-                inferer = SlidingWindowInferer(
-                    roi_size=roi3, sw_batch_size=sw_batch or 1, overlap=overlap, mode="gaussian",
-                    sw_device=dev, device=torch.device("cpu"),
-                )
-                y = inferer(image, run)
-                y = y.as_tensor() if hasattr(y, "as_tensor") else y
-            out = y[0, 0].float().cpu()
+        out = None
+        for i, axes in enumerate(flips):
+            xi = torch.flip(x, axes).contiguous() if axes else x
+            yi = _predict_once(network, xi, spatial_dims, context, roi, overlap, sw_batch, dev, pass_progress(i), where)
+            yi = torch.flip(yi, axes) if axes else yi
+            out = yi if out is None else out.add_(yi)
+        out = out / len(flips) if len(flips) > 1 else out
 
     result = from_network_units(out.numpy(), params).astype(np.float32, copy=False)
     if backward is not None:
@@ -223,6 +225,53 @@ def predict_image(
         result = nib.orientations.apply_orientation(result, backward)
     result = np.ascontiguousarray(result, dtype=np.float32)
     return volume.with_array(result, warnings=warnings)
+
+
+def _predict_once(
+    network: Any,
+    x: Any,
+    spatial_dims: int,
+    context: int,
+    roi: Any,
+    overlap: float,
+    sw_batch: int,
+    dev: Any,
+    progress: ProgressFn | None,
+    where: str,
+) -> Any:
+    """One pass of the network over ``x`` (X, Y, Z) in network units → float32 CPU tensor (X, Y, Z)."""
+    import torch
+    from monai.inferers import SlidingWindowInferer
+
+    nx, ny, nz = x.shape
+    if spatial_dims == 2:
+        return _predict_slices(network, x, context, roi, overlap, sw_batch or DEFAULT_SLICE_BATCH, dev, progress, where)
+    image = x[None, None]
+    if roi is None:
+        y = _forward(network, image.to(dev), where)
+        if progress is not None:
+            progress("infer", 1, 1)
+    else:
+        roi3 = tuple(int(r) for r in roi)
+        if len(roi3) != 3:
+            raise CheckpointError(f"{where}: a 3-D model needs a 3-value roi_size, got {list(roi)}")
+        done = [0]
+        total = -(-_n_windows((nx, ny, nz), roi3, overlap) // (sw_batch or 1))
+
+        def run(window: torch.Tensor) -> torch.Tensor:
+            result = _forward(network, window, where)
+            done[0] += 1
+            if progress is not None:
+                progress("infer", min(done[0], total), total)
+            return result
+
+        inferer = SlidingWindowInferer(
+            roi_size=roi3, sw_batch_size=sw_batch or 1, overlap=overlap, mode="gaussian",
+            sw_device=dev, device=torch.device("cpu"),
+        )
+        y = inferer(image, run)
+        y = y.as_tensor() if hasattr(y, "as_tensor") else y
+    return y[0, 0].float().cpu()
 
 
 def _predict_slices(

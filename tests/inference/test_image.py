@@ -136,3 +136,26 @@ def test_mismatched_context_is_a_checkpoint_error(ct):
         predict_image(ct, _model(_random_net(2, in_channels=1), 2, context=2))
     with pytest.raises(CheckpointError, match="spatial_dims 2"):
         predict_image(ct, _model(_random_net(3), 3, context=1))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_tta_is_the_mean_over_mirrored_copies(ct, spatial_dims):
+    """``tta=True``: the mean of the network's answers on mirrored copies, each mirrored back
+    (2-D: the four in-plane mirrorings; 3-D: identity and a flip per axis), with one progress bar."""
+    from medseg.inference.image import image_flips
+
+    ras = Volume(ct.array.astype(np.float32), np.diag([3.0, 3.0, 3.0, 1.0]), {"modality": "CT"})
+    model = _model(_random_net(spatial_dims, seed=2), spatial_dims)
+    calls: list[tuple[int, int]] = []
+    got = predict_image(ras, model, tta=True, progress=lambda stage, done, total: calls.append((done, total))).array
+    flips = image_flips(spatial_dims, True)
+    assert len(flips) == 4 and flips[0] == ()
+    want = np.zeros_like(got)
+    for axes in flips:
+        mirrored = Volume(np.ascontiguousarray(np.flip(ras.array, axes)), ras.affine, {})
+        want += np.flip(predict_image(mirrored, model).array, axes)
+    np.testing.assert_allclose(got, want / 4, atol=2e-3)
+    plain = predict_image(ras, model).array
+    assert np.abs(got - plain).max() > 0.05  # the network is not mirror-symmetric: TTA changes the answer
+    assert calls[-1][0] == calls[-1][1] and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert len({t for _, t in calls}) == 1
