@@ -322,13 +322,15 @@ class EnhanceWidget(_CheckpointRun):
         self.toggle_button.changed.connect(self.toggle)
         self.pair: tuple[Any, Any] | None = None  # (input layer, enhanced layer) of the last run
         self._hidden: list[Any] = []  # layers side-by-side mode hid (shown again when it ends)
-        return [self.compare, self.blend, self.toggle_button]
+        self.tta = CheckBox(text="mirror TTA (4× slower)", value=False)
+        return [self.tta, self.compare, self.blend, self.toggle_button]
 
     def _work(self, layer: Any, ckpt: Path, device: str) -> Any:
         data, metadata, name = _layer_input(layer)
         window = {"contrast_limits": tuple(float(c) for c in layer.contrast_limits), "gamma": float(layer.gamma),
                   "colormap": layer.colormap.name}
         self._input_layer = layer
+        tta = bool(self.tta.value)  # read in the GUI thread
 
         def work(report: Any) -> Any:
             from medseg.inference import load_model
@@ -342,7 +344,7 @@ class EnhanceWidget(_CheckpointRun):
                 from medseg.errors import CheckpointError
 
                 raise CheckpointError(f"{ckpt}: a segmentation checkpoint; use the Segment widget for it")
-            result = predict_image(volume, model, progress=report)
+            result = predict_image(volume, model, progress=report, tta=tta)
             # the input's window and colormap: the comparison shows the same grey values alike
             return image_layer(result, f"{name} enhanced", **window)
 

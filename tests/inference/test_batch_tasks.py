@@ -68,14 +68,17 @@ def test_segmentation_writes_rtstruct_labelmap_seg_and_uncertainty(ct_tree, trai
     np.testing.assert_array_equal(alone.meta["uncertainty"], unc)
 
 
-def _image_ckpt(path: Path) -> Path:
-    """A real checkpoint of the contract's image format: an identity 2-D ResidualConvNet."""
+def _image_ckpt(path: Path, identity: bool = True) -> Path:
+    """A real checkpoint of the contract's image format: a 2-D ResidualConvNet, the identity
+    (as built) or with a random residual (``identity=False``)."""
     from medseg.checkpoint import Checkpoint, save_checkpoint
     from medseg.models import build_model
 
     cfg = {"name": "residual_conv", "spatial_dims": 2, "in_channels": 1, "channels": 4}
     torch.manual_seed(0)
     net = build_model(cfg)
+    if not identity:
+        torch.nn.init.normal_(net.body[-1].weight, std=0.05)
     plan = {"modality": "CT", "spacing_mm": None, "orientation": "RAS",
             "intensity": {"kind": "hu_linear", "hu_min": -1024.0, "hu_max": 3071.0}}
     return save_checkpoint(
@@ -122,3 +125,24 @@ def test_enhance_refuses_a_segmentation_checkpoint(ct_tree, trained_ckpt, tmp_pa
 
     r = CliRunner().invoke(app, ["enhance", str(ct_tree), str(tmp_path / "o"), "--model", str(trained_ckpt), "--device", "cpu"])
     assert r.exit_code != 0 and "use `medseg segment`" in str(r.exception)
+
+
+def test_enhance_tta_writes_the_mirror_mean(ct_tree, tmp_path):
+    """`medseg enhance --tta`: the image written is predict_image's mean over mirrored copies."""
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+    from medseg.inference import load_model
+    from medseg.inference.image import predict_image
+
+    ckpt = _image_ckpt(tmp_path / "den.pt", identity=False)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["enhance", str(ct_tree), str(out), "--model", str(ckpt), "--device", "cpu",
+                                 "--no-progress", "--no-dicom", "--tta"])
+    assert r.exit_code == 0, r.output
+    (row,) = json.loads((out / "segment.json").read_text())["series"]
+    image = read_nifti(out / row["stem"] / "image.nii.gz").array
+    source = read_dicom_series(scan_dicom_folder(ct_tree).series[0])
+    model = load_model(ckpt, "cpu")
+    np.testing.assert_allclose(image, predict_image(source, model, tta=True).array, atol=1e-3)
+    assert np.abs(image - predict_image(source, model).array).max() > 0.5

@@ -118,3 +118,21 @@ def test_enhance_widget_refuses_a_segmentation_checkpoint(viewer, qtbot, seg_ckp
         pass
     assert "a segmentation checkpoint; use the Segment widget" in widget.status.value
     assert len(viewer.layers) == n_layers
+
+
+def test_enhance_widget_tta_box_gives_the_mirror_mean(viewer, qtbot, denoise_ckpt):
+    from medseg.inference import load_model
+    from medseg.inference.image import predict_image
+    from medseg.io.viewer import volume_from_layer
+
+    widget, image, clean, noisy = _widget(viewer, denoise_ckpt)
+    widget.tta.value = True
+    worker = widget.start()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: "ct_small noisy enhanced" in viewer.layers, timeout=5000)
+    out = viewer.layers["ct_small noisy enhanced"]
+    got = volume_from_layer(out.data, out.metadata).array
+    model = load_model(denoise_ckpt, "cpu")
+    np.testing.assert_array_equal(got, predict_image(noisy, model, tta=True).array)
+    assert not np.array_equal(got, predict_image(noisy, model).array)
