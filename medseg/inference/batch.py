@@ -173,9 +173,13 @@ def segment_batch(
     records, unreadable = discover_series(input_path, progress=options.progress)
     records = select_series(records, options, models)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for p in out_dir.glob(".segment*.part*"):
-        with contextlib.suppress(OSError):
-            p.unlink()
+    # stale temporary files of this run's own manifest only: shards may share OUTDIR, and a
+    # shard starting up must not delete the file another shard is about to rename into place
+    own = manifest_name(options.shard)
+    for pattern in (f".{own}.*.part*", f".{Path(own).with_suffix('.csv').name}.*.part*"):
+        for p in out_dir.glob(pattern):
+            with contextlib.suppress(OSError):
+                p.unlink()
     header = {
         "input": str(Path(input_path).resolve()),
         "out_dir": str(out_dir.resolve()),

@@ -628,3 +628,22 @@ def test_shards_cover_every_series_exactly_once(tmp_path, sample, trained_ckpt):
     for bad in ("0/3", "4/3", "x"):
         with pytest.raises(InputError):
             parse_shard(bad)
+
+
+def test_a_shard_removes_only_its_own_stale_manifest_temp_files(dicom_tree, trained_ckpt, tmp_path):
+    """Shards share OUTDIR: at start a run removes the temporary files its own manifest left
+    behind, never another shard's (which that shard may be about to rename into place: the
+    race that once left `segment.shard-1-of-2.json` missing under `--jobs 2`)."""
+    from dataclasses import replace
+
+    out = tmp_path / "out"
+    out.mkdir()
+    own = [out / ".segment.shard-1-of-2.json.abc123.part", out / ".segment.shard-1-of-2.csv.abc123.part"]
+    others = [out / ".segment.shard-2-of-2.json.def456.part", out / ".segment.json.ghi789.part",
+              out / ".segment.shard-2-of-2.csv.def456.part"]
+    for p in own + others:
+        p.write_text("{}")
+    res = segment_batch(dicom_tree, out, [trained_ckpt], replace(FAST, shard=(1, 2)))
+    assert (out / "segment.shard-1-of-2.json").is_file() and res.records
+    assert not any(p.exists() for p in own)
+    assert all(p.exists() for p in others)
