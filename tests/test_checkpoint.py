@@ -89,3 +89,17 @@ def test_remove_partial_files_after_a_killed_save(tmp_path):
     assert [p.name for p in removed] == [".last.pt.abc123.part.pt"]
     assert sorted(p.name for p in ck.iterdir()) == ["last.pt", "notes.part.txt"]
     assert remove_partial_files(tmp_path / "none") == []
+
+
+def test_remove_partial_files_of_named_targets_only(tmp_path):
+    """With ``targets`` only those files' temporaries go: a folder shared with other writers
+    keeps theirs (names with glob characters are taken literally)."""
+    from medseg.io.atomic import remove_partial_files
+
+    names = {"a.json": ".a.json.x1y2.part.json", "b.json": ".b.json.z3w4.part.json", "c[1].csv": ".c[1].csv.q5r6.part.csv"}
+    for stale in names.values():
+        (tmp_path / stale).write_text("half")
+    (tmp_path / ".c1.csv.s7t8.part.csv").write_text("another file: c1.csv")
+    removed = remove_partial_files(tmp_path, targets=["a.json", "c[1].csv"])
+    assert sorted(p.name for p in removed) == sorted([names["a.json"], names["c[1].csv"]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["b.json"], ".c1.csv.s7t8.part.csv"])

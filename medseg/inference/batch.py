@@ -41,7 +41,6 @@ Layout of OUTDIR (segmentation; image tasks write ``image.nii.gz`` and ``dicom/`
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import json
 import logging
 import multiprocessing
@@ -56,8 +55,9 @@ from typing import Any
 
 from medseg.errors import InputError, MedsegError
 from medseg.inference.discovery import SeriesRecord, discover_series, parse_shard, select_series, shard_of
-from medseg.inference.manifest import (agree_with_markers, manifest_name, read_manifest_rows, resume_from_markers,
+from medseg.inference.manifest import (agree_with_markers, manifest_files, manifest_name, read_manifest_rows, resume_from_markers,
                                       write_manifest)
+from medseg.io.atomic import remove_partial_files
 from medseg.inference.model import LoadedModel, load_models
 from medseg.inference.options import BatchOptions
 from medseg.inference.processes import default_workers, die_with_parent, is_worker_death, stage_executor, unguarded_main_script
@@ -175,11 +175,7 @@ def segment_batch(
     out_dir.mkdir(parents=True, exist_ok=True)
     # stale temporary files of this run's own manifest only: shards may share OUTDIR, and a
     # shard starting up must not delete the file another shard is about to rename into place
-    own = manifest_name(options.shard)
-    for pattern in (f".{own}.*.part*", f".{Path(own).with_suffix('.csv').name}.*.part*"):
-        for p in out_dir.glob(pattern):
-            with contextlib.suppress(OSError):
-                p.unlink()
+    remove_partial_files(out_dir, targets=manifest_files(options.shard))
     header = {
         "input": str(Path(input_path).resolve()),
         "out_dir": str(out_dir.resolve()),

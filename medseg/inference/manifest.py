@@ -31,6 +31,12 @@ def manifest_name(shard: tuple[int, int] | None) -> str:
     return "segment.json" if shard is None else f"segment.shard-{shard[0]}-of-{shard[1]}.json"
 
 
+def manifest_files(shard: tuple[int, int] | None) -> tuple[str, str]:
+    """The names of the files `write_manifest` writes: the JSON manifest and its CSV twin."""
+    name = manifest_name(shard)
+    return name, str(Path(name).with_suffix(".csv"))
+
+
 def resume_from_markers(
     records: list[SeriesRecord], out_dir: Path, models: list[LoadedModel], overwrite: bool, threads: int
 ) -> list[SeriesRecord]:
@@ -104,7 +110,8 @@ def write_manifest(
 ) -> Path:
     """Write the JSON manifest and its CSV twin atomically; returns the JSON path."""
     counts = {s: sum(r.status == s for r in records) for s in STATUSES}
-    path = out_dir / manifest_name(shard)
+    json_name, csv_name = manifest_files(shard)
+    path = out_dir / json_name
     rows = [r.to_dict() for r in records]
     write_json_atomic(path, {**header, "updated": now_utc(), "counts": counts, "series": rows, "unreadable_files": unreadable})
     buf = io.StringIO()
@@ -113,7 +120,7 @@ def write_manifest(
     for row in rows:
         w.writerow(row | {"warnings": "; ".join(row["warnings"]),
                           "label_uncertainty": "; ".join(f"{k}={v:.4g}" for k, v in row["label_uncertainty"].items())})
-    write_text_atomic(path.with_suffix(".csv"), buf.getvalue())
+    write_text_atomic(out_dir / csv_name, buf.getvalue())
     return path
 
 

@@ -7,10 +7,11 @@ never a half-written file, even if the process is killed mid-write.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,15 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
         raise
 
 
-def remove_partial_files(folder: str | os.PathLike[str]) -> list[Path]:
+def remove_partial_files(folder: str | os.PathLike[str], targets: Iterable[str] | None = None) -> list[Path]:
     """Delete the temporary files `atomic_path` left in `folder` when a process was killed.
 
     A kill between the temp file's creation and its ``os.replace`` leaves
     ``.<name>.<random>.part<suffix>`` behind (e.g. ``checkpoints/.last.pt.x1y2.part.pt``).
-    Call this when a run (re)starts in a folder no other process writes to at that moment.
+    Call this when a run (re)starts in a folder no other process writes to at that moment, or
+    give ``targets``: then only the temporaries of those file names go, and other processes may
+    be writing their own files in `folder` (a temporary another one is about to move into place
+    must not be deleted under it).
 
     Returns:
         The files removed (none when the folder does not exist).
@@ -63,8 +67,9 @@ def remove_partial_files(folder: str | os.PathLike[str]) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         return []
+    patterns = [".*.part*"] if targets is None else [f".{glob.escape(name)}.*.part*" for name in targets]
     removed = []
-    for p in sorted(root.glob(".*.part*")):
+    for p in sorted({p for pattern in patterns for p in root.glob(pattern)}):
         if p.is_file() and ".part" in p.name:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
