@@ -589,6 +589,13 @@ class DenoisingTrainingConfig(TrainingConfig):
         "the network then sees anatomy at finer pixels than the training scans have, e.g. 3 mm scans at 1-3 mm for a "
         "denoiser that will meet 0.7-1 mm scans. (1, 1) = off.",
     )
+    zoom_texture: bool = Field(
+        False,
+        description="CT dose noise (noise.model or mix_with ct_dose) with zoom_range: a zoomed patch first gets, in its clean "
+        "target and so in its input, the full-dose CT noise of its finer pixels that the coarser scan's own texture "
+        "lacks (std × sqrt(1 − 1/factor²), noise.photons_per_ray): up-sampling smooths a scan's grain away, and a network "
+        "trained on such targets learns to remove the fine grain that every real full-dose scan keeps.",
+    )
     field_of_view_mm: float | None = Field(
         None, gt=0,
         description="Pad each training scan in plane with air (network unit 0: CT the plan's lowest HU, the value "
@@ -669,6 +676,8 @@ class DenoisingWorkflow(_WorkflowBase):
     def _patch_dims(self) -> DenoisingWorkflow:
         if "ct_dose" in (self.noise.model, *self.noise.mix_with) and self.preprocessing.modality != "CT":
             raise ValueError("noise model ct_dose simulates CT dose: it needs preprocessing.modality CT")
+        if self.training.zoom_texture and ("ct_dose" not in (self.noise.model, *self.noise.mix_with) or self.training.zoom_range == (1.0, 1.0)):
+            raise ValueError("training.zoom_texture needs CT dose noise (noise.model or noise.mix_with ct_dose) and a training.zoom_range above (1, 1)")
         if len(self.training.patch_size) != self.model.spatial_dims:
             raise ValueError(
                 f"training.patch_size {self.training.patch_size} has {len(self.training.patch_size)} sizes but "

@@ -58,6 +58,7 @@ __all__ = [
     "RandRicianNoiseRanged",
     "RobustMaxd",
     "CTNoiseMapsd",
+    "RandCTFineTextured",
     "add_ct_dose_noise",
     "add_gaussian_noise",
     "add_rician_noise",
@@ -742,6 +743,77 @@ class CTNoiseMapsd(MapTransform):
                 d[self.maps_key] = out
             else:
                 d[self.maps_key] = maps
+        return d
+
+
+class RandCTFineTextured(RandomizableTransform, MapTransform):
+    """Give an up-sampled CT patch the fine full-dose grain that up-sampling smoothed away.
+
+    A patch zoomed by ``f`` (`medseg.data.transforms.RandInPlaneZoomd` with ``factor_key``) has
+    pixels ``f`` times finer, but its texture is the coarse scan's, interpolated: smooth at the
+    new pixel scale. A real scan at that pixel size carries the grain of its own dose, whose
+    variance grows as ``1/d²``. This adds the full-dose noise of the finer pixels (the
+    `RandCTDoseNoised` model at dose 0.5 of ``photons_per_ray``, whose added variance equals a
+    full-dose scan's) times ``sqrt(1 − 1/f²)``: the part of that variance the coarse scan's own
+    texture did not already hold. ``f = 1`` adds nothing, nor do pixels at the ``hu_linear``
+    plan's lowest HU (outside a reconstruction's circle scanners write that constant). Use it on the clean image before the
+    training noise, so target and input both carry it and the network learns to keep it.
+
+    Args:
+        keys: the CT image key(s), channel-first ``(C, X, Y[, Z])``, in network units of ``intensity``
+            (a ``hu_linear`` plan) or HU when ``intensity`` is None.
+        maps_key: `CTNoiseMapsd`'s maps of the whole slices, zoomed and cropped with the image.
+        factor_key: where `RandInPlaneZoomd` stored its zoom factor.
+        photons_per_ray, electronic_sigma, n_views: as in `RandCTDoseNoised`.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        maps_key: str,
+        factor_key: str,
+        photons_per_ray: float = 1e7,
+        electronic_sigma: float = 10.0,
+        n_views: int = 1000,
+        intensity: dict[str, Any] | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, 1.0)
+        if intensity is not None and intensity.get("kind") != "hu_linear":
+            raise ConfigError(f"CT fine texture needs HU or a hu_linear intensity plan, got kind {intensity.get('kind')!r}")
+        self.maps_key, self.factor_key = maps_key, factor_key
+        self.photons_per_ray, self.electronic_sigma, self.n_views = float(photons_per_ray), float(electronic_sigma), int(n_views)
+        self.intensity = intensity
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in ((self.maps_key, "CTNoiseMapsd"), (self.factor_key, "RandInPlaneZoomd(factor_key=...)")):
+            if key[0] not in d:
+                raise ConfigError(f"CT fine texture: {key[0]!r} is not in the data; put {key[1]} before it")
+        factor = float(d[self.factor_key])
+        if factor <= 1.0:
+            return d
+        maps = _to_numpy(d[self.maps_key]).astype(np.float64)
+        # full-dose std at the zoomed pixels (the maps were scaled with the zoom), less what the
+        # interpolated coarse texture already holds
+        std = _std_from_maps(maps[0], maps[1], self.photons_per_ray, 0.5, self.electronic_sigma, self.n_views)
+        std = std * math.sqrt(1.0 - 1.0 / factor**2)
+        slices = std[..., None] if std.ndim == 2 else std
+        texture = np.stack([ramp_texture_noise(slices.shape[:2], self.R) for _ in range(slices.shape[2])], axis=-1)
+        added = (slices * texture).reshape(std.shape)
+        for key in self.key_iterator(d):
+            original = d[key]
+            array = _to_numpy(original).astype(np.float64)
+            params = intensity_params(array, self.intensity) if self.intensity is not None else None
+            hu = from_network_units(array, params) if params else array
+            if hu.shape[1:] != added.shape:
+                raise ConfigError(f"CT fine texture: maps of shape {maps.shape} do not match the image {hu.shape}")
+            # no grain where the clean scan holds the plan's lowest HU: outside a reconstruction's
+            # circle (and in the air padding of `PadToFieldOfViewd`) scanners write a constant
+            grain = added[None] * (hu > float(params["offset"]) + 0.5) if params else added[None]
+            out = hu + grain
+            d[key] = _like((to_network_units(out, params) if params else out).astype(np.float32), original)
         return d
 
 

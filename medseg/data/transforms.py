@@ -139,13 +139,18 @@ class RandInPlaneZoomd(RandomizableTransform, MapTransform):
         per_pixel_size: keys among `keys` whose values scale as 1 / pixel size (CT noise maps,
             `medseg.data.noise.CTNoiseMapsd`: noise std grows as pixels shrink); they are
             multiplied by the factor after zooming.
+        factor_key: if given, the factor drawn (1.0 when not zoomed) is stored under this key
+            (for `medseg.data.noise.RandCTFineTextured`).
     """
 
-    def __init__(self, keys: Any, zoom_range: tuple[float, float], prob: float = 1.0, per_pixel_size: Any = ()) -> None:
+    def __init__(
+        self, keys: Any, zoom_range: tuple[float, float], prob: float = 1.0, per_pixel_size: Any = (), factor_key: str | None = None
+    ) -> None:
         RandomizableTransform.__init__(self, prob)
         MapTransform.__init__(self, keys)
         self.low, self.high = float(zoom_range[0]), float(zoom_range[1])
         self.per_pixel_size = set(per_pixel_size)
+        self.factor_key = factor_key
         self.factor = 1.0
 
     def randomize(self, data: Any = None) -> None:
@@ -155,6 +160,8 @@ class RandInPlaneZoomd(RandomizableTransform, MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         self.randomize()
+        if self.factor_key is not None:
+            d[self.factor_key] = self.factor if self._do_transform else 1.0
         if not self._do_transform or self.factor == 1.0:
             return d
         zoom = Zoom(zoom=(self.factor, self.factor, 1.0), mode="bilinear", keep_size=False)

@@ -280,3 +280,30 @@ def test_acquisition_noise_gives_a_masked_template_the_floor_of_a_real_scan(mr):
     np.testing.assert_array_equal(t({"image": mr[None]})["image"][0], mr)
     with pytest.raises(ConfigError, match="fraction"):
         AcquisitionNoised("image", 1.5)
+
+
+def test_fine_texture_adds_the_missing_full_dose_grain_of_a_zoom(ct_slice):
+    """`RandCTFineTextured`: a 2× zoom adds the full-dose noise of the finer pixels times
+    sqrt(1 − 1/4) (measured as its ratio to that std map, on the real slice); no zoom adds
+    nothing; pixels at the plan's lowest HU (outside the circle) get none; missing keys are named."""
+    from medseg.data.intensity import intensity_params, to_network_units
+    from medseg.data.noise import CTNoiseMapsd, RandCTFineTextured
+
+    hu, spacing = ct_slice
+    plan = {"kind": "hu_linear", "hu_min": -1024.0, "hu_max": 3071.0}
+    units = to_network_units(hu, intensity_params(hu, plan))
+    img = torch.as_tensor(units[None, :, :, None], dtype=torch.float32)
+    maps = CTNoiseMapsd("image", maps_key="maps", intensity=plan, spacing_mm=spacing[:2])({"image": img})["maps"]
+    t = RandCTFineTextured("image", maps_key="maps", factor_key="f", intensity=plan)
+    t.set_random_state(seed=0)
+    same = t({"image": img, "maps": maps, "f": 1.0})
+    assert torch.equal(same["image"], img)
+    out = t({"image": img, "maps": maps * 2.0, "f": 2.0})  # maps of a 2× zoom scale with it
+    added = ((out["image"] - img)[0, :, :, 0].numpy() * 4095.0).astype(np.float64)
+    # the same slice's full-dose std (dose 0.5 adds a full dose's variance), twice: pixels half as wide
+    full = 2.0 * ct_noise_std_hu(hu, spacing[:2], photons_per_ray=1e7, dose_fraction=0.5, electronic_sigma=10.0)
+    inside = hu > -1023.5
+    assert (added[inside] / full[inside]).std() == pytest.approx(math.sqrt(0.75), rel=0.05)
+    assert (~inside).any() and np.all(added[~inside] == 0)
+    with pytest.raises(ConfigError, match="RandInPlaneZoomd"):
+        t({"image": img, "maps": maps})

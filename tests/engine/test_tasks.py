@@ -312,3 +312,38 @@ def test_acquisition_noise_reaches_the_template_targets_only(tmp_path):
     assert np.count_nonzero(np.asarray(task.val_dataset[0]["image"]) == 0) > 0.5 * np.asarray(task.val_dataset[0]["image"]).size
     with pytest.raises(ConfigError, match="acquisition_noise"):
         load_workflow({**DENOISE, "noise": {"model": "gaussian", "acquisition_noise": 0.01}})
+
+
+def test_zoom_texture_gives_zoomed_targets_the_fine_full_dose_grain(tmp_path):
+    """`training.zoom_texture`: a patch zoomed 3× gets, in its clean target, the full-dose CT
+    noise of its 1 mm pixels less what the 3 mm scan already had (std × sqrt(1 − 1/9)); the
+    patches, the zoom and the training noise draws are otherwise those of the run without it."""
+    from medseg.config import load_workflow
+    from medseg.data.noise import _std_from_maps
+    from medseg.engine.distributed import DistContext
+    from medseg.engine.tasks.denoising import DenoisingTask
+    from medseg.errors import ConfigError
+    from monai.data.utils import set_rnd
+
+    training = {**DENOISE["training"], "zoom_range": [3.0, 3.0], "field_of_view_mm": 500.0}
+    noise = {"model": "ct_dose", "dose_range": [0.1, 0.1], "val_levels": [0.1]}
+    targets = {}
+    for on in (False, True):
+        raw = {**DENOISE, "noise": noise, "training": {**training, "zoom_texture": on}}
+        task = DenoisingTask(load_workflow(raw, [f"output.dir={tmp_path}"]), DistContext(0, 1, 0, torch.device("cpu")))
+        set_rnd(task.train_dataset, 0)
+        targets[on] = np.stack([p["target"][0].numpy() for p in task.train_dataset[0]]) * 4095.0  # HU
+    added = targets[True] - targets[False]
+    assert np.abs(targets[False]).max() > 0 and np.std(added) > 1.0
+    # the expected std: the scan's full-dose std at 1 mm pixels (the 3 mm maps × 3), patch-averaged
+    maps = np.asarray(task.train_dataset.cached[0]["ct_noise_maps"], dtype=np.float64) * 3.0
+    std = _std_from_maps(maps[0], maps[1], 1e7, 0.5, 10.0, 1000) * np.sqrt(1 - 1 / 9)
+    body = std[std > np.percentile(std, 5)]
+    assert 0.5 * body.min() < np.std(added) < 1.5 * body.max()
+    # zero mean, no bias in the target
+    assert abs(added.mean()) < 0.1 * np.std(added)
+    # no grain where the clean scan is at the plan's lowest HU (outside a reconstruction's circle)
+    outside = targets[False] <= 0.5
+    assert outside.any() and np.all(added[outside] == 0)
+    with pytest.raises(ConfigError, match="zoom_texture"):
+        load_workflow({**DENOISE, "training": {**training, "zoom_texture": True}}, [f"output.dir={tmp_path}"])

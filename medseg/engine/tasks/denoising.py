@@ -38,7 +38,7 @@ from medseg.checkpoint import Checkpoint, current_versions
 from medseg.config import DenoisingWorkflow
 from medseg.data.datasets import resolve_cases
 from medseg.data.intensity import intensity_params, to_network_units
-from medseg.data.noise import AcquisitionNoised, CTNoiseMapsd, RobustMaxd, build_noise_transform
+from medseg.data.noise import AcquisitionNoised, CTNoiseMapsd, RandCTFineTextured, RobustMaxd, build_noise_transform
 from medseg.data.transforms import LoadCased, PadToFieldOfViewd, RandInPlaneZoomd
 from medseg.engine.distributed import DistContext
 from medseg.engine.optimization import Precision, backward_step, warmup_cosine
@@ -49,6 +49,8 @@ from medseg.models import build_model
 
 #: where the training items keep the CT noise maps of their slices
 MAPS_KEY = "ct_noise_maps"
+#: where a zoomed training item keeps its zoom factor (for the fine CT texture)
+FACTOR_KEY = "zoom_factor"
 #: where the training items keep their scan's robust max (the scale of Rician noise)
 REFERENCE_KEY = "noise_reference"
 
@@ -203,18 +205,24 @@ class DenoisingTask:
         train_cached += [RobustMaxd("image", reference_key=reference)] if reference else []
         # finer pixels than the training scans': a patch is zoomed, then a patch of the same size
         # is cut from it (so each shows 1/factor of the field of view, at 1/factor of the pixel size)
-        zoom = [RandInPlaneZoomd(keys, tcfg.zoom_range, per_pixel_size=[maps] if maps else [])] if tcfg.zoom_range != (1.0, 1.0) else []
+        zoomed = tcfg.zoom_range != (1.0, 1.0)
+        texture = bool(tcfg.zoom_texture and zoomed and maps)  # the schema requires both with it
+        factor = FACTOR_KEY if texture else None
+        zoom = [RandInPlaneZoomd(keys, tcfg.zoom_range, per_pixel_size=[maps] if maps else [], factor_key=factor)] if zoomed else []
         size = [*tcfg.patch_size, 2 * k + 1] if mcfg.spatial_dims == 2 else list(tcfg.patch_size)
         random = [
             SpatialPadd(keys=keys, spatial_size=size, mode="edge"),
             RandSpatialCropSamplesd(keys=keys, roi_size=size, num_samples=tcfg.patches_per_case, random_size=False),
             *zoom,
             *([RandSpatialCropd(keys=keys, roi_size=size, random_size=False)] if zoom else []),
+            # the zoomed patch's missing fine grain goes into the clean image, so the target keeps it
+            *([RandCTFineTextured("image", maps_key=maps, factor_key=factor, photons_per_ray=cfg.noise.photons_per_ray,
+                                  electronic_sigma=cfg.noise.electronic_sigma, intensity=self.plan["intensity"])] if texture else []),
             _Targetd(keys="image"),
             training_noise(cfg, self.plan, maps_key=maps, reference_key=reference),
             *([SliceStackd(keys="image")] if mcfg.spatial_dims == 2 else []),
         ]
-        per_scan = [k for k in (maps, reference) if k]  # read by the noise only, not batched
+        per_scan = [k for k in (maps, reference, factor) if k]  # read by the noise only, not batched
         random += [DeleteItemsd(keys=per_scan)] if per_scan else []
         random += [_DropParamsd(keys="image"), EnsureTyped(keys=["image", "target"], dtype=torch.float32, track_meta=False)]
         ds = CacheDataset(train_cases, transform=Compose(train_cached), cache_rate=cfg.data.cache_rate, num_workers=1, progress=False)
