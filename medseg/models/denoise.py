@@ -39,6 +39,7 @@ __all__ = [
     "VAEDenoiser",
     "VAEDenoiserConfig",
     "build_denoiser",
+    "local_noise_map",
 ]
 
 
@@ -75,6 +76,35 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, list
 
 def _crop(y: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return y[(slice(None), slice(None), *[slice(0, s) for s in sizes])]
+
+
+@torch.no_grad()
+def local_noise_map(image: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """A spatially varying noise σ estimated from the image itself: ``(B, 1, X, Y)`` → same shape.
+
+    Donoho's wavelet estimator, locally: the finest orthonormal Haar diagonal band ``HH`` of the
+    image (``(a − b − c + d)/2`` over each 2×2 pixel block, which keeps white noise's σ and
+    cancels smooth anatomy), the median of ``|HH|`` over blocks of ``block × block``
+    coefficients (``2·block`` pixels: edges and fine structure are a minority in a block)
+    divided by 0.6745, then bilinear back to the pixels. Local blocks rather than a whole-image
+    figure so that a 64² training patch and a 512² slice get the same statistic for the same
+    tissue (a whole-slice σ of a CT is mostly its air's).
+    """
+    if image.ndim != 4 or image.shape[1] != 1:
+        raise ConfigError(f"local_noise_map expects (B, 1, X, Y), got {tuple(image.shape)}")
+    x = image.float()
+    h, w = x.shape[-2:]
+    x = F.pad(x, (0, w % 2, 0, h % 2), mode="replicate")
+    hh = (x[..., 0::2, 0::2] - x[..., 0::2, 1::2] - x[..., 1::2, 0::2] + x[..., 1::2, 1::2]).abs() / 2
+    gh, gw = -(-hh.shape[-2] // block), -(-hh.shape[-1] // block)
+    # pad with reflections of |HH| (replicated pixels would give zero coefficients)
+    ph, pw = gh * block - hh.shape[-2], gw * block - hh.shape[-1]
+    if ph or pw:
+        hh = F.pad(hh, (0, pw, 0, ph), mode="reflect" if min(hh.shape[-2:]) > max(ph, pw) else "replicate")
+    blocks = hh.unfold(2, block, block).unfold(3, block, block)
+    sigma = blocks.reshape(*blocks.shape[:4], -1).median(dim=-1).values / 0.6745
+    full = F.interpolate(sigma, size=(gh * block * 2, gw * block * 2), mode="bilinear", align_corners=False)
+    return full[..., :h, :w].to(image.dtype)
 
 
 def output_floor(net: nn.Module, out: torch.Tensor) -> torch.Tensor:
@@ -159,6 +189,10 @@ class UNetDenoiser(nn.Module):
         norm: ``"instance"``, ``"batch"`` or ``"none"``.
         dropout: dropout probability.
         min_value: see `output_floor`.
+        noise_map: 2-D only: the network also gets `local_noise_map` of the centre slice
+            (× ``noise_map_scale``) as one more input channel, FFDNet-style but estimated from
+            the input, so it stays blind: it sees how noisy each region is instead of inferring it.
+        noise_map_scale: the map's factor (network units are small: 10 HU = 0.0024 of hu_linear).
     """
 
     def __init__(
@@ -169,20 +203,26 @@ class UNetDenoiser(nn.Module):
         norm: str = "instance",
         dropout: float = 0.0,
         min_value: float | None = None,
+        noise_map: bool = False,
+        noise_map_scale: float = 30.0,
     ) -> None:
         super().__init__()
         _check_channels(in_channels)
+        if noise_map and spatial_dims != 2:
+            raise ConfigError("model.noise_map is for 2-D models (spatial_dims 2)")
         self.min_value = min_value
+        self.noise_map, self.noise_map_scale = bool(noise_map), float(noise_map_scale)
         norm_arg: Any = ("instance", {"affine": True}) if norm == "instance" else (None if norm == "none" else norm)
         self.unet = BasicUNet(
-            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=1, features=tuple(features),
+            spatial_dims=spatial_dims, in_channels=in_channels + int(self.noise_map), out_channels=1, features=tuple(features),
             norm=norm_arg, dropout=dropout,
         )
         nn.init.zeros_(self.unet.final_conv.weight)
         nn.init.zeros_(self.unet.final_conv.bias)
 
     def forward(self, x: torch.Tensor, return_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        padded, sizes = _pad_to_multiple(x, 16)
+        inputs = torch.cat([x, local_noise_map(_centre(x)) * self.noise_map_scale], dim=1) if self.noise_map else x
+        padded, sizes = _pad_to_multiple(inputs, 16)
         out = output_floor(self, _crop(self.unet(padded), sizes) + _centre(x))
         return (out, out.new_zeros(())) if return_kl else out
 
@@ -357,6 +397,9 @@ class UNetDenoiserConfig(_DenoiserConfig):
                                 description="BasicUNet widths: 5 encoder levels and the last decoder level.")
     norm: Literal["instance", "batch", "none"] = Field("instance", description="Normalisation layers.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability.")
+    noise_map: bool = Field(False, description="2-D: one more input channel, the noise σ the network estimates from "
+                            "its input locally (`local_noise_map`): blind, FFDNet-style.")
+    noise_map_scale: float = Field(30.0, gt=0, description="Factor of the noise map channel.")
 
 
 class VAEDenoiserConfig(_DenoiserConfig):
