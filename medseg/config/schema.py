@@ -542,8 +542,8 @@ class DenoisingModelConfig(_Strict):
     )
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Further keyword arguments of the network (medseg.models.denoise: e.g. unet_denoiser {norm: none, dropout: 0.1}, "
-        "redcnn {kernel_size: 3}, vae_denoiser {levels: 3, latent_channels: 8}); unknown ones are named when the network is built.",
+        description="Further keyword arguments of the network (medseg.models.denoise: e.g. unet_denoiser {norm: none, dropout: 0.1, "
+        "noise_map: true (2-D: the locally estimated noise σ as one more input channel)}, redcnn {kernel_size: 3}, vae_denoiser {levels: 3, latent_channels: 8}); unknown ones are named when the network is built.",
     )
 
     @model_validator(mode="after")
