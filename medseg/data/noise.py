@@ -291,6 +291,13 @@ def ramp_texture_noise(shape: tuple[int, int], rng: np.random.Generator) -> np.n
     return shaped / std if std > 0 else shaped
 
 
+def _textured(std: np.ndarray, rng: np.random.Generator | np.random.RandomState) -> np.ndarray:
+    """Noise with a per-pixel std map ``(X, Y[, Z])`` and FBP's texture, one `ramp_texture_noise` draw per axial slice."""
+    slices = std[..., None] if std.ndim == 2 else std
+    texture = np.stack([ramp_texture_noise(slices.shape[:2], rng) for _ in range(slices.shape[2])], axis=-1)
+    return (slices * texture).reshape(std.shape)
+
+
 def add_ct_dose_noise(
     hu: np.ndarray,
     spacing_mm: Sequence[float],
@@ -675,9 +682,7 @@ class RandCTDoseNoised(_NoiseBase):
                     "crop them with the image"
                 )
             std = _std_from_maps(maps[0], maps[1], self.photons_per_ray, self.level, self.electronic_sigma, self.n_views)
-            slices = std[..., None] if std.ndim == 2 else std
-            texture = np.stack([ramp_texture_noise(slices.shape[:2], self.R) for _ in range(slices.shape[2])], axis=-1)
-            added = (slices * texture).reshape(std.shape)
+            added = _textured(std, self.R)
             noisy = hu + added[None]
             return (to_network_units(noisy, params) if params else noisy).astype(np.float32)
         spacing = self._spacing(data[key])
@@ -756,8 +761,9 @@ class RandCTFineTextured(RandomizableTransform, MapTransform):
     `RandCTDoseNoised` model at dose 0.5 of ``photons_per_ray``, whose added variance equals a
     full-dose scan's) times ``sqrt(1 − 1/f²)``: the part of that variance the coarse scan's own
     texture did not already hold. ``f = 1`` adds nothing, nor do pixels at the ``hu_linear``
-    plan's lowest HU (outside a reconstruction's circle scanners write that constant). Use it on the clean image before the
-    training noise, so target and input both carry it and the network learns to keep it.
+    plan's lowest HU (outside a reconstruction's circle scanners write that constant). Use it
+    on the clean image before the training noise, so target and input both carry it and the
+    network learns to keep it.
 
     Args:
         keys: the CT image key(s), channel-first ``(C, X, Y[, Z])``, in network units of ``intensity``
@@ -798,10 +804,7 @@ class RandCTFineTextured(RandomizableTransform, MapTransform):
         # full-dose std at the zoomed pixels (the maps were scaled with the zoom), less what the
         # interpolated coarse texture already holds
         std = _std_from_maps(maps[0], maps[1], self.photons_per_ray, 0.5, self.electronic_sigma, self.n_views)
-        std = std * math.sqrt(1.0 - 1.0 / factor**2)
-        slices = std[..., None] if std.ndim == 2 else std
-        texture = np.stack([ramp_texture_noise(slices.shape[:2], self.R) for _ in range(slices.shape[2])], axis=-1)
-        added = (slices * texture).reshape(std.shape)
+        added = _textured(std * math.sqrt(1.0 - 1.0 / factor**2), self.R)
         for key in self.key_iterator(d):
             original = d[key]
             array = _to_numpy(original).astype(np.float64)
