@@ -543,7 +543,7 @@ class DenoisingModelConfig(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Further keyword arguments of the network (medseg.models.denoise: e.g. unet_denoiser {norm: none, dropout: 0.1, "
-        "noise_map: true (2-D: the locally estimated noise σ as one more input channel)}, redcnn {kernel_size: 3}, vae_denoiser {levels: 3, latent_channels: 8}); unknown ones are named when the network is built.",
+        "noise_map: true (2-D: the locally estimated noise σ as one more input channel), noise_map_block: 16 (its median's block, in Haar coefficients)}, redcnn {kernel_size: 3}, vae_denoiser {levels: 3, latent_channels: 8}); unknown ones are named when the network is built.",
     )
 
     @model_validator(mode="after")

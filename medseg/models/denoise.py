@@ -193,6 +193,9 @@ class UNetDenoiser(nn.Module):
             (× ``noise_map_scale``) as one more input channel, FFDNet-style but estimated from
             the input, so it stays blind: it sees how noisy each region is instead of inferring it.
         noise_map_scale: the map's factor (network units are small: 10 HU = 0.0024 of hu_linear).
+        noise_map_block: the map's block, in Haar coefficients (``2·block`` pixels): larger
+            blocks give a steadier σ where the noise is uniform, smaller ones follow noise that
+            varies across the image more closely.
     """
 
     def __init__(
@@ -205,13 +208,17 @@ class UNetDenoiser(nn.Module):
         min_value: float | None = None,
         noise_map: bool = False,
         noise_map_scale: float = 30.0,
+        noise_map_block: int = 8,
     ) -> None:
         super().__init__()
         _check_channels(in_channels)
         if noise_map and spatial_dims != 2:
             raise ConfigError("model.noise_map is for 2-D models (spatial_dims 2)")
         self.min_value = min_value
+        if int(noise_map_block) < 1:
+            raise ConfigError(f"model.noise_map_block must be ≥ 1 (Haar coefficients), got {noise_map_block}")
         self.noise_map, self.noise_map_scale = bool(noise_map), float(noise_map_scale)
+        self.noise_map_block = int(noise_map_block)
         norm_arg: Any = ("instance", {"affine": True}) if norm == "instance" else (None if norm == "none" else norm)
         self.unet = BasicUNet(
             spatial_dims=spatial_dims, in_channels=in_channels + int(self.noise_map), out_channels=1, features=tuple(features),
@@ -221,7 +228,7 @@ class UNetDenoiser(nn.Module):
         nn.init.zeros_(self.unet.final_conv.bias)
 
     def forward(self, x: torch.Tensor, return_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        inputs = torch.cat([x, local_noise_map(_centre(x)) * self.noise_map_scale], dim=1) if self.noise_map else x
+        inputs = torch.cat([x, local_noise_map(_centre(x), self.noise_map_block) * self.noise_map_scale], dim=1) if self.noise_map else x
         padded, sizes = _pad_to_multiple(inputs, 16)
         out = output_floor(self, _crop(self.unet(padded), sizes) + _centre(x))
         return (out, out.new_zeros(())) if return_kl else out
@@ -400,6 +407,8 @@ class UNetDenoiserConfig(_DenoiserConfig):
     noise_map: bool = Field(False, description="2-D: one more input channel, the noise σ the network estimates from "
                             "its input locally (`local_noise_map`): blind, FFDNet-style.")
     noise_map_scale: float = Field(30.0, gt=0, description="Factor of the noise map channel.")
+    noise_map_block: int = Field(8, ge=1, description="Block of the noise map's median, in Haar coefficients (2·block "
+                                 "pixels): larger = steadier where the noise is uniform.")
 
 
 class VAEDenoiserConfig(_DenoiserConfig):
