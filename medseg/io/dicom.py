@@ -376,7 +376,7 @@ def _check_pixel_element(fp: Any, file_size: int, layout: PixelLayout, implicit_
     start = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
-        return "truncated: the file ends before its pixel data"
+        return f"truncated: the file ends after {file_size} bytes, before its pixel data"
     endian = ">" if layout.big_endian else "<"
     group, elem = struct.unpack(endian + "HH", head[:4])
     tag = (group << 16) | elem
@@ -385,7 +385,7 @@ def _check_pixel_element(fp: Any, file_size: int, layout: PixelLayout, implicit_
     vr = head[4:6]
     if not implicit_vr and vr.isalpha() and vr.isupper():
         if len(head) < 12:
-            return "truncated: the file ends inside the pixel data header"
+            return f"truncated: the file ends after {file_size} bytes, inside the pixel data header"
         (length,) = struct.unpack(endian + "I", head[8:12])
         value_offset = start + 12
     else:  # implicit VR (also files whose meta claims explicit but are not)

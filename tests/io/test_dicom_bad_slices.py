@@ -74,6 +74,19 @@ def test_header_truncation_is_reported_as_truncated(series):
     assert reasons[files[9]].startswith("truncated") and "1000 bytes" in reasons[files[9]]
 
 
+
+def test_a_cut_just_before_the_pixel_data_names_the_size(series):
+    """A file that ends right before its Pixel Data element: the reason names the size, as a cut
+    inside the header does (where the header ends varies with the lengths of the random UIDs,
+    so `test_header_truncation_is_reported_as_truncated`'s 1000-byte cut lands in either)."""
+    folder, files = series
+    data = files[4].read_bytes()
+    tag = data.find(b"\xe0\x7f\x10\x00")  # Pixel Data (7FE0,0010), explicit VR little endian
+    assert tag > 0
+    files[4].write_bytes(data[:tag])
+    reasons = {k.path: k.reason for k in scan_dicom_folder(folder).skipped}
+    assert reasons[files[4]] == f"truncated: the file ends after {tag} bytes, before its pixel data"
+
 def test_more_than_the_share_missing_fails_the_series(series, mni_ct):
     folder, files = series
     n_bad = int(MAX_MISSING_SLICE_FRACTION * mni_ct.shape[2]) + 1  # 3 of 20
